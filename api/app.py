@@ -1,0 +1,87 @@
+"""The application factory: settings, database, blueprints, error handling, OpenAPI."""
+
+import logging
+
+from sanic import Sanic
+from sanic_ext import Extend
+
+from agent.version import __version__
+from api import config, db, schemas, users
+from api.auth import KeyCache
+from api.errors import JsonErrorHandler
+from api.migrations import apply_all
+from api.routes import health, jobs, work
+from api.routes import users as user_routes
+
+log = logging.getLogger("kelpie.api")
+
+# Loops that run in the background of every API process, as `async def loop(app)`. Each one
+# must be safe to run in several processes at once (advisory lock or SKIP LOCKED claims).
+BACKGROUND_LOOPS: list = []
+
+
+def prepare_database(settings: config.Settings) -> None:
+    """Connect, apply migrations and install the administrator key: run once before serving."""
+    db.init(settings)
+    with db.database.connection_context():
+        applied = apply_all()
+    if applied:
+        log.info("migrations applied: %s", applied)
+    users.ensure_admin(settings.admin_key)
+
+
+def create_app(settings: config.Settings | None = None, name: str = "kelpie") -> Sanic:
+    settings = settings or config.load()
+    app = Sanic(name, error_handler=JsonErrorHandler())
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.ACCESS_LOG = False
+    app.config.OAS_UI_DEFAULT = "swagger"
+    app.config.OAS_UI_REDOC = False
+    app.config.OAS_URL_PREFIX = "/docs"
+    app.config.CORS = False
+    app.config.HEALTH = False
+    app.ctx.settings = settings
+    app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
+
+    db.init(settings)
+
+    Extend(app)
+    _describe_openapi(app)
+    for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp):
+        app.blueprint(blueprint)
+
+    @app.after_server_start
+    async def start_background_loops(app):
+        for loop in BACKGROUND_LOOPS:
+            app.add_task(loop(app), name=f"kelpie-{loop.__name__}")
+
+    @app.before_server_stop
+    async def stop_background_loops(app):
+        for loop in BACKGROUND_LOOPS:
+            await app.cancel_task(f"kelpie-{loop.__name__}", raise_exception=False)
+
+    @app.after_server_stop
+    async def close_database(app):
+        db.close()
+
+    return app
+
+
+def _describe_openapi(app: Sanic) -> None:
+    spec = app.ext.openapi
+    spec.describe(
+        "Kelpie API",
+        version=__version__,
+        description="Coordinates long-running jobs on interruptible Salad nodes: users submit "
+                    "jobs; kelpie workers claim them, heartbeat, and report completion or "
+                    "failure.",
+    )
+    for name, schema in schemas.COMPONENTS.items():
+        spec.add_component("schemas", name, schema)
+    spec.add_security_scheme("KelpieKey", "apiKey", location="header", name="X-Kelpie-Key")
+    spec.add_security_scheme("SaladApiKey", "apiKey", location="header", name="Salad-Api-Key")
+    spec.add_security_scheme("SaladOrganization", "apiKey", location="header",
+                             name="Salad-Organization")
+    spec.add_security_scheme("SaladProject", "apiKey", location="header", name="Salad-Project")
+    spec.add_security_scheme("SaladJWT", "http", scheme="bearer", bearer_format="JWT")

@@ -1,0 +1,139 @@
+"""Database selection, connections, the thread pool that keeps Peewee off the event loop, and
+the few places where SQLite and PostgreSQL need different SQL.
+
+Peewee is synchronous. Every database call from a request handler goes through `run()`, which
+executes it on a small thread pool whose size matches the connection pool, so the event loop
+never blocks on the database and a thread never waits for a connection.
+"""
+
+import asyncio
+import contextlib
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlparse
+
+from peewee import SQL, DatabaseProxy, NodeList, Value, fn
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from api.config import Settings
+
+database = DatabaseProxy()
+_executor: ThreadPoolExecutor | None = None
+
+
+def make_database(settings: Settings):
+    """A pooled Peewee database for `settings.database_url`."""
+    url = urlparse(settings.database_url)
+    if settings.is_postgres:
+        return PooledPostgresqlDatabase(
+            unquote(url.path.lstrip("/")) or "postgres",
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 5432,
+            user=unquote(url.username) if url.username else None,
+            password=unquote(url.password) if url.password else None,
+            max_connections=settings.db_pool_size + 2,
+            stale_timeout=300,
+            # Dead connections (a PostgreSQL restart) are noticed on checkout and replaced.
+            autoconnect=True,
+        )
+    if url.scheme != "sqlite":
+        raise SystemExit(f"DATABASE_URL must be sqlite:///path or postgresql://…, got {url.scheme!r}")
+    path = settings.database_url[len("sqlite:///"):] or "kelpie.db"
+    return PooledSqliteDatabase(
+        path,
+        max_connections=settings.db_pool_size + 2,
+        stale_timeout=300,
+        check_same_thread=False,
+        pragmas={
+            # WAL lets readers run while a writer commits; several API processes can share a file.
+            "journal_mode": "wal",
+            "synchronous": "normal",
+            "foreign_keys": 1,
+            # Writers queue on the lock instead of failing at once.
+            "busy_timeout": 15000,
+        },
+    )
+
+
+def init(settings: Settings) -> None:
+    """Bind the models to the configured database and start the database thread pool."""
+    global _executor
+    database.initialize(make_database(settings))
+    if _executor is None:
+        _executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
+
+
+def close() -> None:
+    global _executor
+    if _executor is not None:
+        _executor.shutdown(wait=True)
+        _executor = None
+    if database.obj is not None:
+        database.close_all()
+
+
+def is_postgres() -> bool:
+    return isinstance(database.obj, PooledPostgresqlDatabase)
+
+
+def _with_connection(func, *args, **kwargs):
+    with database.connection_context():
+        return func(*args, **kwargs)
+
+
+async def run(func, *args, **kwargs):
+    """Run a synchronous database function on the database thread pool."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(_with_connection, func, *args, **kwargs)
+    return await loop.run_in_executor(_executor, call)
+
+
+# --- The places where the two dialects differ -------------------------------------------------
+
+def write_transaction():
+    """A transaction for read-then-write work.
+
+    SQLite: BEGIN IMMEDIATE takes the write lock up front, so two processes cannot both read the
+    same candidate row and then both write it. PostgreSQL: an ordinary transaction; rows are
+    locked with `locked()`.
+    """
+    if is_postgres():
+        return database.atomic()
+    return database.atomic("IMMEDIATE")
+
+
+def locked(query, skip_locked: bool = False):
+    """Add FOR UPDATE (optionally SKIP LOCKED) on PostgreSQL. SQLite's write transaction
+    already excludes other writers, and it has no row locks."""
+    if not is_postgres():
+        return query
+    return query.for_update("FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE")
+
+
+def plus_seconds(moment: datetime, seconds):
+    """SQL for `moment + seconds` where `seconds` is a column or expression (a per-row interval)."""
+    if is_postgres():
+        return NodeList((Value(moment), SQL("+"), seconds, SQL("* interval '1 second'")))
+    stamp = moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return fn.strftime("%Y-%m-%d %H:%M:%f", stamp, fn.printf("+%d seconds", seconds))
+
+
+@contextlib.contextmanager
+def advisory_lock(key: int):
+    """Hold a PostgreSQL session advisory lock (e.g. while migrating); a no-op on SQLite,
+    whose writers already serialise."""
+    if not is_postgres():
+        yield
+        return
+    database.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+    try:
+        yield
+    finally:
+        database.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def utcnow() -> datetime:
+    """Naive UTC at millisecond precision: what is stored, and what the wire shows with a Z."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)

@@ -1,0 +1,191 @@
+"""Validation of a submitted job definition: turns request JSON into the columns of a job,
+or raises ValidationError naming the field.
+
+Rules follow the original service: either `sync` or all six legacy bucket/prefix fields,
+never both and never neither; `sync.before` entries download, `during`/`after` upload; every
+prefix ends with "/".
+"""
+
+import re
+from urllib.parse import urlparse
+
+from api.config import Settings
+from api.errors import ValidationError
+
+LEGACY_FIELDS = (
+    "input_bucket", "input_prefix",
+    "checkpoint_bucket", "checkpoint_prefix",
+    "output_bucket", "output_prefix",
+)
+SYNC_DIRECTIONS = {"before": "download", "during": "upload", "after": "upload"}
+SYNC_ENTRY_FIELDS = {"bucket", "prefix", "local_path", "direction", "pattern"}
+JOB_FIELDS = {
+    "command", "arguments", "environment", "sync", "webhook", "container_group_id",
+    "max_failures", "heartbeat_interval", "compression", *LEGACY_FIELDS,
+}
+MAX_STRING = 4096
+MAX_COMMAND_PARTS = 1000
+MAX_SYNC_ENTRIES = 100
+MAX_FAILURES_LIMIT = 1000
+MAX_HEARTBEAT_INTERVAL = 86400
+
+
+def _string(value, field: str, *, required: bool = True, max_length: int = MAX_STRING) -> str | None:
+    if value is None:
+        if required:
+            raise ValidationError(field, "is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string")
+    if required and not value.strip():
+        raise ValidationError(field, "must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(field, f"must be at most {max_length} characters")
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
+    return value
+
+
+def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int:
+    if value is None:
+        return default
+    # bool is an int in Python; JSON true is not a number here.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, "must be an integer")
+    if not minimum <= value <= maximum:
+        raise ValidationError(field, f"must be between {minimum} and {maximum}")
+    return value
+
+
+def _prefix(value, field: str) -> str:
+    prefix = _string(value, field, required=False) or ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return prefix
+
+
+def _sync_entry(entry, field: str, expected_direction: str) -> dict:
+    if not isinstance(entry, dict):
+        raise ValidationError(field, "must be an object")
+    unknown = set(entry) - SYNC_ENTRY_FIELDS
+    if unknown:
+        raise ValidationError(f"{field}.{sorted(unknown)[0]}", "is not a known field")
+    direction = _string(entry.get("direction"), f"{field}.direction")
+    if direction != expected_direction:
+        raise ValidationError(f"{field}.direction", f"must be {expected_direction!r}")
+    pattern = _string(entry.get("pattern"), f"{field}.pattern", required=False)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as error:
+            raise ValidationError(f"{field}.pattern",
+                                  f"is not a valid regular expression ({error})") from None
+    return {
+        "bucket": _string(entry.get("bucket"), f"{field}.bucket", max_length=255),
+        "prefix": _prefix(entry.get("prefix"), f"{field}.prefix"),
+        "local_path": _string(entry.get("local_path"), f"{field}.local_path"),
+        "direction": direction,
+        "pattern": pattern,
+    }
+
+
+def _sync(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError("sync", "must be an object with before, during and after lists")
+    unknown = set(value) - set(SYNC_DIRECTIONS)
+    if unknown:
+        raise ValidationError(f"sync.{sorted(unknown)[0]}", "is not a known field")
+    sync = {}
+    for phase, direction in SYNC_DIRECTIONS.items():
+        entries = value.get(phase) or []
+        if not isinstance(entries, list):
+            raise ValidationError(f"sync.{phase}", "must be a list")
+        if len(entries) > MAX_SYNC_ENTRIES:
+            raise ValidationError(f"sync.{phase}", f"must have at most {MAX_SYNC_ENTRIES} entries")
+        sync[phase] = [
+            _sync_entry(entry, f"sync.{phase}[{index}]", direction)
+            for index, entry in enumerate(entries)
+        ]
+    return sync
+
+
+def _webhook(value) -> str | None:
+    url = _string(value, "webhook", required=False)
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValidationError("webhook", "must be an http or https URL")
+    return url
+
+
+def parse_job(body, settings: Settings) -> dict:
+    """Validate one job definition; returns the job's columns (without id, user or times)."""
+    if not isinstance(body, dict):
+        raise ValidationError("", "a job must be a JSON object")
+    unknown = set(body) - JOB_FIELDS
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "is not a known field")
+
+    arguments = body.get("arguments")
+    if arguments is None:
+        arguments = []
+    if not isinstance(arguments, list):
+        raise ValidationError("arguments", "must be a list of strings")
+    if len(arguments) > MAX_COMMAND_PARTS:
+        raise ValidationError("arguments", f"must have at most {MAX_COMMAND_PARTS} entries")
+    for index, argument in enumerate(arguments):
+        if not isinstance(argument, str) or "\x00" in argument:
+            raise ValidationError(f"arguments[{index}]", "must be a string")
+
+    environment = body.get("environment")
+    if environment is None:
+        environment = {}
+    if not isinstance(environment, dict):
+        raise ValidationError("environment", "must be an object of string values")
+    for name, value in environment.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ValidationError(f"environment.{name}", "is not a valid variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValidationError(f"environment.{name}", "must be a string")
+
+    compression = body.get("compression")
+    if compression is None:
+        compression = False
+    if not isinstance(compression, bool):
+        raise ValidationError("compression", "must be true or false")
+
+    job = {
+        "command": _string(body.get("command"), "command"),
+        "arguments": arguments,
+        "environment": environment,
+        "webhook": _webhook(body.get("webhook")),
+        "container_group_id": _string(body.get("container_group_id"), "container_group_id",
+                                      required=False, max_length=255) or None,
+        "max_failures": _integer(body.get("max_failures"), "max_failures",
+                                 settings.default_max_failures, 1, MAX_FAILURES_LIMIT),
+        "heartbeat_interval": _integer(body.get("heartbeat_interval"), "heartbeat_interval",
+                                       settings.default_heartbeat_interval, 1,
+                                       MAX_HEARTBEAT_INTERVAL),
+        "compression": compression,
+        "sync": None,
+        **{name: None for name in LEGACY_FIELDS},
+    }
+
+    legacy_given = [name for name in LEGACY_FIELDS if body.get(name) is not None]
+    has_sync = body.get("sync") is not None
+    if has_sync and legacy_given:
+        raise ValidationError("sync", "give either sync or the legacy bucket fields, not both")
+    if has_sync:
+        job["sync"] = _sync(body["sync"])
+    elif legacy_given:
+        for name in LEGACY_FIELDS:
+            if name.endswith("_prefix"):
+                if body.get(name) is None:
+                    raise ValidationError(name, "is required when legacy bucket fields are used")
+                job[name] = _prefix(body.get(name), name)
+            else:
+                job[name] = _string(body.get(name), name, max_length=255)
+    else:
+        raise ValidationError("sync", "is required (or all six legacy bucket and prefix fields)")
+    return job

@@ -1,0 +1,136 @@
+"""Peewee models: the tables the migrations create, as the code sees them.
+
+The schema itself is owned by `api/migrations/`; a change here needs a migration there.
+"""
+
+import json
+
+from peewee import (
+    AutoField,
+    BooleanField,
+    CharField,
+    CompositeKey,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from api.db import database
+
+
+class JSONField(TextField):
+    """JSON kept as text: portable across SQLite and PostgreSQL, never queried inside."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    id = CharField(primary_key=True)
+    name = TextField()
+    org = TextField(null=True)
+    project = TextField(null=True)
+    is_admin = BooleanField(default=False)
+    created = DateTimeField()
+
+    class Meta:
+        table_name = "users"
+
+
+class ApiKey(BaseModel):
+    # SHA-256 of the key. Keys are 32 random bytes, so a fast hash is enough: there is nothing
+    # to brute-force, and a lookup by hash stays one indexed read.
+    key_hash = CharField(primary_key=True)
+    user = ForeignKeyField(User, column_name="user_id", on_delete="CASCADE")
+    created = DateTimeField()
+
+    class Meta:
+        table_name = "api_keys"
+
+
+class Job(BaseModel):
+    id = CharField(primary_key=True)
+    user = ForeignKeyField(User, column_name="user_id", on_delete="CASCADE")
+    status = CharField()
+    created = DateTimeField()
+    started = DateTimeField(null=True)
+    completed = DateTimeField(null=True)
+    canceled = DateTimeField(null=True)
+    failed = DateTimeField(null=True)
+    heartbeat = DateTimeField(null=True)
+    # After this moment a running job may be handed to another machine (2 × heartbeat_interval
+    # after the last heartbeat). Kept as a column so the claim query can use an index.
+    lease_expires = DateTimeField(null=True)
+    num_failures = IntegerField(default=0)
+    num_heartbeats = IntegerField(default=0)
+    num_attempts = IntegerField(default=0)
+    machine_id = TextField(null=True)
+    container_group_id = TextField(null=True)
+    command = TextField()
+    arguments = JSONField()
+    environment = JSONField()
+    sync = JSONField(null=True)
+    input_bucket = TextField(null=True)
+    input_prefix = TextField(null=True)
+    checkpoint_bucket = TextField(null=True)
+    checkpoint_prefix = TextField(null=True)
+    output_bucket = TextField(null=True)
+    output_prefix = TextField(null=True)
+    webhook = TextField(null=True)
+    max_failures = IntegerField()
+    heartbeat_interval = IntegerField()
+    compression = BooleanField(default=False)
+
+    class Meta:
+        table_name = "jobs"
+
+
+class JobBan(BaseModel):
+    """A machine that failed a job never gets that job again."""
+
+    job = ForeignKeyField(Job, column_name="job_id", on_delete="CASCADE")
+    machine_id = TextField()
+    user_id = TextField()
+    container_group_id = TextField(null=True)
+    created = DateTimeField()
+
+    class Meta:
+        table_name = "job_bans"
+        primary_key = CompositeKey("job", "machine_id")
+
+
+class JobEvent(BaseModel):
+    """One transition of a job: the history behind GET /jobs/:id/events."""
+
+    id = AutoField()
+    job = ForeignKeyField(Job, column_name="job_id", on_delete="CASCADE")
+    at = DateTimeField()
+    kind = CharField()
+    status = CharField()
+    machine_id = TextField(null=True)
+    attempt = IntegerField(null=True)
+    exit_code = IntegerField(null=True)
+    reason = TextField(null=True)
+
+    class Meta:
+        table_name = "job_events"
+
+
+class SchemaMigration(BaseModel):
+    version = IntegerField(primary_key=True)
+    name = TextField()
+    applied = DateTimeField()
+
+    class Meta:
+        table_name = "schema_migrations"

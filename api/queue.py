@@ -1,0 +1,265 @@
+"""The job queue: the only code that changes a job's state.
+
+Every transition of the state machine in ARCHITECTURE.md happens in a function here, inside
+one transaction, and is written to the job's event log in that same transaction. Route
+handlers parse and authorise; they never write a job themselves. All functions are
+synchronous and run on the database thread pool (see `api.db.run`).
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from peewee import SQL, fn
+
+from api import db
+from api.errors import Conflict, NotFound
+from api.models import Job, JobBan, JobEvent
+
+PENDING = "pending"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELED = "canceled"
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)
+FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
+
+# Rows per INSERT when a batch is written: well under SQLite's bound-parameter limit.
+INSERT_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user, or the administrator (who sees every user's jobs)."""
+
+    user_id: str
+    is_admin: bool = False
+    name: str = ""
+    # Set when a worker proves its identity (the Salad instance-metadata JWT): such a caller
+    # may only claim, heartbeat and report for this machine and container group.
+    machine_id: str | None = None
+    container_group_id: str | None = None
+
+
+def _owned(query, principal: Principal):
+    """Restrict a job query to what the caller may see: the admin sees everything."""
+    return query if principal.is_admin else query.where(Job.user == principal.user_id)
+
+
+def _event(job_id: str, kind: str, status: str, *, machine_id=None, attempt=None,
+           exit_code=None, reason=None, at=None) -> None:
+    JobEvent.insert(job=job_id, at=at or db.utcnow(), kind=kind, status=status,
+                    machine_id=machine_id, attempt=attempt, exit_code=exit_code,
+                    reason=reason).execute()
+
+
+def _get_locked(principal: Principal, job_id: str) -> Job:
+    job = db.locked(_owned(Job.select(), principal).where(Job.id == job_id)).first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+# --- Submitting and reading -------------------------------------------------------------------
+
+def submit(principal: Principal, specs: list[dict]) -> list[Job]:
+    """Create jobs from validated specs, all or nothing."""
+    now = db.utcnow()
+    rows = []
+    for spec in specs:
+        rows.append({
+            **spec,
+            "id": str(uuid.uuid4()),
+            "user": principal.user_id,
+            "status": PENDING,
+            "created": now,
+        })
+    with db.write_transaction():
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start:start + INSERT_CHUNK]
+            Job.insert_many(chunk).execute()
+            JobEvent.insert_many(
+                [{"job": row["id"], "at": now, "kind": "created", "status": PENDING}
+                 for row in chunk]
+            ).execute()
+    return [Job(**row) for row in rows]
+
+
+def get(principal: Principal, job_id: str) -> Job:
+    job = _owned(Job.select(), principal).where(Job.id == job_id).first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(principal: Principal, *, status=None, container_group_id=None, page=1,
+              page_size=100, ascending=False) -> tuple[int, list[Job]]:
+    query = _owned(Job.select(), principal)
+    if status:
+        query = query.where(Job.status == status)
+    if container_group_id:
+        query = query.where(Job.container_group_id == container_group_id)
+    count = query.count()
+    order = (Job.created.asc(), Job.id.asc()) if ascending else (Job.created.desc(), Job.id.desc())
+    jobs = list(query.order_by(*order).paginate(page, page_size))
+    return count, jobs
+
+
+def events(principal: Principal, job_id: str) -> list[JobEvent]:
+    get(principal, job_id)
+    return list(JobEvent.select().where(JobEvent.job == job_id).order_by(JobEvent.id))
+
+
+# --- The worker protocol ----------------------------------------------------------------------
+
+def _claimable(principal: Principal, machine_id: str, container_group_id: str | None):
+    banned = JobBan.select(SQL("1")).where(
+        (JobBan.job == Job.id) & (JobBan.machine_id == machine_id))
+    query = (Job.select(Job.id, Job.status, Job.machine_id, Job.heartbeat_interval,
+                        Job.num_attempts)
+             .where(Job.user == principal.user_id, ~fn.EXISTS(banned)))
+    if container_group_id is None:
+        return query.where(Job.container_group_id.is_null())
+    return query.where(Job.container_group_id == container_group_id)
+
+
+def claim(principal: Principal, machine_id: str, container_group_id: str | None) -> Job | None:
+    """Assign the next job to `machine_id`: the oldest running job whose heartbeats stopped,
+    else the oldest pending one, never one this machine is banned from."""
+    now = db.utcnow()
+    with db.write_transaction():
+        base = _claimable(principal, machine_id, container_group_id)
+        stale = (base.where(Job.status == RUNNING, Job.lease_expires < now)
+                 .order_by(Job.lease_expires).limit(1))
+        candidate = db.locked(stale, skip_locked=True).first()
+        if candidate is None:
+            pending = base.where(Job.status == PENDING).order_by(Job.created, Job.id).limit(1)
+            candidate = db.locked(pending, skip_locked=True).first()
+        if candidate is None:
+            return None
+        if candidate.status == RUNNING:
+            _event(candidate.id, "heartbeat_lost", RUNNING, machine_id=candidate.machine_id,
+                   attempt=candidate.num_attempts, at=now,
+                   reason=f"no heartbeat from {candidate.machine_id}; handed to {machine_id}")
+        attempt = candidate.num_attempts + 1
+        Job.update(
+            status=RUNNING, machine_id=machine_id, started=now, heartbeat=now,
+            lease_expires=now + timedelta(seconds=2 * candidate.heartbeat_interval),
+            num_attempts=attempt,
+        ).where(Job.id == candidate.id).execute()
+        _event(candidate.id, "assigned", RUNNING, machine_id=machine_id, attempt=attempt, at=now)
+        return Job.get_by_id(candidate.id)
+
+
+def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
+    """Record that `machine_id` still runs the job; answer the status the machine should act on.
+
+    A machine that no longer holds the job is told `canceled`, so a zombie stops its copy.
+    """
+    now = db.utcnow()
+    updated = _owned(Job.update(
+        heartbeat=now,
+        lease_expires=db.plus_seconds(now, Job.heartbeat_interval * 2),
+        num_heartbeats=Job.num_heartbeats + 1,
+    ), principal).where(Job.id == job_id, Job.machine_id == machine_id,
+                        Job.status == RUNNING).execute()
+    if updated:
+        return RUNNING
+    job = _owned(Job.select(Job.status, Job.machine_id), principal).where(Job.id == job_id).first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if job.machine_id == machine_id and job.status != PENDING:
+        return job.status
+    return CANCELED
+
+
+def complete(principal: Principal, job_id: str, machine_id: str) -> Job:
+    now = db.utcnow()
+    with db.write_transaction():
+        job = _get_locked(principal, job_id)
+        if job.status == COMPLETED and job.machine_id == machine_id:
+            return job  # a retried report of the same completion
+        _require_holder(job, machine_id)
+        Job.update(status=COMPLETED, completed=now, lease_expires=None).where(
+            Job.id == job_id).execute()
+        _event(job_id, "completed", COMPLETED, machine_id=machine_id, attempt=job.num_attempts,
+               at=now)
+    return Job.get_by_id(job_id)
+
+
+def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None,
+         reason=None) -> Job:
+    """A failed attempt: ban the machine from the job, then retry it elsewhere or, at
+    max_failures, fail it for good."""
+    now = db.utcnow()
+    with db.write_transaction():
+        job = _get_locked(principal, job_id)
+        _require_holder(job, machine_id)
+        failures = job.num_failures + 1
+        JobBan.insert(job=job_id, machine_id=machine_id, user_id=job.user_id,
+                      container_group_id=job.container_group_id,
+                      created=now).on_conflict_ignore().execute()
+        _event(job_id, "attempt_failed", RUNNING, machine_id=machine_id,
+               attempt=job.num_attempts, exit_code=exit_code, reason=reason, at=now)
+        if failures >= job.max_failures:
+            Job.update(status=FAILED, failed=now, num_failures=failures,
+                       lease_expires=None).where(Job.id == job_id).execute()
+            _event(job_id, "failed", FAILED, machine_id=machine_id, at=now,
+                   reason=f"failed {failures} of max_failures={job.max_failures} times")
+        else:
+            Job.update(status=PENDING, num_failures=failures, machine_id=None, heartbeat=None,
+                       lease_expires=None).where(Job.id == job_id).execute()
+            _event(job_id, "requeued", PENDING, at=now,
+                   reason=f"{job.max_failures - failures} attempt(s) left")
+    return Job.get_by_id(job_id)
+
+
+def _require_holder(job: Job, machine_id: str) -> None:
+    if job.status != RUNNING or job.machine_id != machine_id:
+        holder = job.machine_id or "no machine"
+        raise Conflict(
+            f"job {job.id} is {job.status} and held by {holder}, not by {machine_id}",
+            status_now=job.status,
+        )
+
+
+# --- Cancelling and clearing ------------------------------------------------------------------
+
+def cancel(principal: Principal, job_id: str, reason: str = "canceled by user") -> Job:
+    now = db.utcnow()
+    with db.write_transaction():
+        job = _get_locked(principal, job_id)
+        if job.status in FINAL_STATUSES:
+            raise Conflict(f"job {job_id} is already {job.status}", status_now=job.status)
+        Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
+            Job.id == job_id).execute()
+        _event(job_id, "canceled", CANCELED, machine_id=job.machine_id, at=now, reason=reason)
+    return Job.get_by_id(job_id)
+
+
+def purge_container_group(principal: Principal, container_group_id: str) -> int:
+    """Delete the group's pending jobs and cancel its running ones; returns how many."""
+    now = db.utcnow()
+    with db.write_transaction():
+        scope = _owned(Job.select(Job.id, Job.machine_id), principal).where(
+            Job.container_group_id == container_group_id)
+        deleted = (Job.delete()
+                   .where(Job.id.in_(scope.where(Job.status == PENDING)))
+                   .execute())
+        running = list(db.locked(scope.where(Job.status == RUNNING)))
+        if running:
+            Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
+                Job.id.in_([job.id for job in running])).execute()
+            JobEvent.insert_many([
+                {"job": job.id, "at": now, "kind": "purged", "status": CANCELED,
+                 "machine_id": job.machine_id,
+                 "reason": f"container group {container_group_id} purged"}
+                for job in running
+            ]).execute()
+    return deleted + len(running)
+
+
+def clear_all() -> int:
+    """Administrator only: delete every job."""
+    with db.write_transaction():
+        return Job.delete().execute()

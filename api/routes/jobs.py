@@ -1,0 +1,110 @@
+"""Users' job routes: submit, batch submit, list, get, cancel, purge, history."""
+
+from sanic import Blueprint, Request
+from sanic.response import json
+from sanic_ext.extensions.openapi.definitions import Parameter
+from sanic_ext.extensions.openapi.types import Boolean, Integer, String
+
+from api import db, jobspec, queue, serialize
+from api.auth import admin_only, authenticated
+from api.errors import ValidationError
+from api.routes import documented, json_body, query_bool, query_int
+
+bp = Blueprint("jobs")
+
+
+@bp.post("/jobs")
+@documented("Submit a job", body="JobRequest", responses={202: "Job"})
+@authenticated
+async def submit_job(request: Request):
+    spec = jobspec.parse_job(json_body(request), request.app.ctx.settings)
+    [job] = await db.run(queue.submit, request.ctx.principal, [spec])
+    return json(serialize.job(job), status=202)
+
+
+@bp.post("/jobs/batch")
+@documented("Submit up to 1000 jobs, all or nothing", body="JobBatchRequest",
+            responses={202: "JobList"})
+@authenticated
+async def submit_batch(request: Request):
+    body = json_body(request)
+    limit = request.app.ctx.settings.max_batch_size
+    if not isinstance(body, list) or not 1 <= len(body) <= limit:
+        raise ValidationError("body", f"must be a list of 1 to {limit} jobs")
+    specs = []
+    for index, item in enumerate(body):
+        try:
+            specs.append(jobspec.parse_job(item, request.app.ctx.settings))
+        except ValidationError as error:
+            raise ValidationError(f"[{index}].{error.field}".rstrip("."),
+                                  str(error).split(": ", 1)[-1], index=index) from None
+    jobs = await db.run(queue.submit, request.ctx.principal, specs)
+    return json([serialize.job(job) for job in jobs], status=202)
+
+
+@bp.get("/jobs")
+@documented("List jobs, newest first", responses={200: "JobList"}, parameters=[
+    Parameter("status", String(enum=list(queue.STATUSES)), "query"),
+    Parameter("container_group_id", String(), "query"),
+    Parameter("page_size", Integer(minimum=1, maximum=1000, default=100), "query"),
+    Parameter("page", Integer(minimum=1, default=1), "query"),
+    Parameter("asc", Boolean(default=False), "query"),
+])
+@authenticated
+async def list_jobs(request: Request):
+    status = request.args.get("status") or None
+    if status is not None and status not in queue.STATUSES:
+        raise ValidationError("status", f"must be one of {', '.join(queue.STATUSES)}")
+    settings = request.app.ctx.settings
+    count, jobs = await db.run(
+        queue.list_jobs, request.ctx.principal,
+        status=status,
+        container_group_id=request.args.get("container_group_id") or None,
+        page=query_int(request, "page", 1, 1, 10_000_000),
+        page_size=query_int(request, "page_size", 100, 1, settings.max_page_size),
+        ascending=query_bool(request, "asc", False),
+    )
+    return json({"_count": count, "jobs": [serialize.job(job) for job in jobs]})
+
+
+@bp.get("/jobs/<job_id:str>")
+@documented("Get a job", responses={200: "Job"}, errors=(401, 403, 404))
+@authenticated
+async def get_job(request: Request, job_id: str):
+    job = await db.run(queue.get, request.ctx.principal, job_id)
+    return json(serialize.job(job))
+
+
+@bp.get("/jobs/<job_id:str>/events")
+@documented("A job's history: every transition in order", responses={200: "JobEventList"},
+            errors=(401, 403, 404))
+@authenticated
+async def job_events(request: Request, job_id: str):
+    events = await db.run(queue.events, request.ctx.principal, job_id)
+    return json({"events": [serialize.event(event) for event in events]})
+
+
+@bp.delete("/jobs/<job_id:str>")
+@documented("Cancel a job that has not finished", responses={202: "Message"},
+            errors=(401, 403, 404, 409))
+@authenticated
+async def cancel_job(request: Request, job_id: str):
+    await db.run(queue.cancel, request.ctx.principal, job_id)
+    return json({"message": "Job canceled"}, status=202)
+
+
+@bp.delete("/jobs/container-groups/<container_group_id:str>")
+@documented("Delete a container group's pending jobs and cancel its running ones",
+            responses={202: "Count"}, errors=(401, 403))
+@authenticated
+async def purge_container_group(request: Request, container_group_id: str):
+    count = await db.run(queue.purge_container_group, request.ctx.principal, container_group_id)
+    return json({"count": count}, status=202)
+
+
+@bp.delete("/jobs")
+@documented("Administrator: delete every job", responses={200: "Count"}, errors=(401, 403))
+@admin_only
+async def clear_jobs(request: Request):
+    count = await db.run(queue.clear_all)
+    return json({"count": count})

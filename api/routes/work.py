@@ -1,0 +1,102 @@
+"""The worker protocol: claim work, heartbeat, report completion or failure."""
+
+from sanic import Blueprint, Request
+from sanic.response import json
+from sanic_ext.extensions.openapi.definitions import Parameter
+from sanic_ext.extensions.openapi.types import String
+
+from api import db, queue, serialize
+from api.auth import authenticated
+from api.errors import Forbidden, ValidationError
+from api.routes import documented, json_body
+
+bp = Blueprint("work")
+
+
+def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[str, str | None]:
+    """Validate the machine and container group a worker speaks for.
+
+    A caller authenticated by a worker token may only speak for the machine and container
+    group the token names.
+    """
+    if not isinstance(machine_id, str) or not machine_id.strip() or len(machine_id) > 255:
+        raise ValidationError("machine_id", "is required (a non-empty string)")
+    if container_group_id is not None and (
+            not isinstance(container_group_id, str) or len(container_group_id) > 255):
+        raise ValidationError("container_group_id", "must be a string")
+    container_group_id = container_group_id or None
+    principal = request.ctx.principal
+    if principal.machine_id is not None and principal.machine_id != machine_id:
+        raise Forbidden("machine_id does not match the worker token")
+    if (principal.container_group_id is not None
+            and principal.container_group_id != container_group_id):
+        raise Forbidden("container_group_id does not match the worker token")
+    return machine_id, container_group_id
+
+
+def _report(request: Request) -> dict:
+    body = json_body(request)
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    return body
+
+
+@bp.get("/work")
+@documented("Claim the next job for this machine ([] when there is none)",
+            responses={200: "WorkList"}, parameters=[
+                Parameter("machine_id", String(), "query", required=True),
+                Parameter("container_group_id", String(), "query"),
+            ])
+@authenticated
+async def get_work(request: Request):
+    machine_id, container_group_id = _worker_identity(
+        request, request.args.get("machine_id"), request.args.get("container_group_id"))
+    job = await db.run(queue.claim, request.ctx.principal, machine_id, container_group_id)
+    return json([] if job is None else [serialize.job(job)])
+
+
+@bp.post("/jobs/<job_id:str>/heartbeat")
+@documented("Heartbeat; answers the status the worker should act on",
+            body="WorkerReport", responses={200: "HeartbeatResponse"},
+            errors=(400, 401, 403, 404))
+@authenticated
+async def heartbeat(request: Request, job_id: str):
+    body = _report(request)
+    machine_id, _ = _worker_identity(request, body.get("machine_id"),
+                                     body.get("container_group_id"))
+    status = await db.run(queue.heartbeat, request.ctx.principal, job_id, machine_id)
+    return json({"status": status})
+
+
+@bp.post("/jobs/<job_id:str>/completed")
+@documented("Report that the job finished and its outputs are uploaded",
+            body="WorkerReport", responses={200: "Message"}, errors=(400, 401, 403, 404, 409))
+@authenticated
+async def completed(request: Request, job_id: str):
+    body = _report(request)
+    machine_id, _ = _worker_identity(request, body.get("machine_id"),
+                                     body.get("container_group_id"))
+    await db.run(queue.complete, request.ctx.principal, job_id, machine_id)
+    return json({"message": "Job completed"})
+
+
+@bp.post("/jobs/<job_id:str>/failed")
+@documented("Report a failed attempt (non-zero exit or failed upload)",
+            body="FailureReport", responses={202: "Message"}, errors=(400, 401, 403, 404, 409))
+@authenticated
+async def failed(request: Request, job_id: str):
+    body = _report(request)
+    machine_id, _ = _worker_identity(request, body.get("machine_id"),
+                                     body.get("container_group_id"))
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
+                                  or not -(2**31) <= exit_code < 2**31):
+        raise ValidationError("exit_code", "must be an integer")
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError("reason", "must be a string")
+    await db.run(queue.fail, request.ctx.principal, job_id, machine_id,
+                 exit_code=exit_code, reason=(reason or None) and reason[:2000])
+    return json({"message": "Job failure recorded"}, status=202)

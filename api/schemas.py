@@ -1,0 +1,177 @@
+"""OpenAPI 3 component schemas for every request and response body.
+
+Registered with sanic-ext in `api.app`; routes refer to them with `ref("Name")`. Validation
+itself is done by `api.jobspec` (to name the failing field in the message); these schemas
+describe the same rules for clients and for schemathesis.
+"""
+
+from sanic_ext.extensions.openapi.definitions import Reference
+
+TIMESTAMP = {"type": "string", "format": "date-time", "nullable": True,
+             "example": "2024-04-19T18:53:31.000Z"}
+STATUS = {"type": "string", "enum": ["pending", "running", "completed", "canceled", "failed"]}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+
+SYNC_ENTRY = {
+    "type": "object",
+    "required": ["bucket", "local_path", "direction"],
+    "properties": {
+        "bucket": {"type": "string", "minLength": 1},
+        "prefix": {"type": "string", "description": "A trailing / is added when missing."},
+        "local_path": {"type": "string", "minLength": 1},
+        "direction": {"type": "string", "enum": ["download", "upload"]},
+        "pattern": {"type": "string", "nullable": True,
+                    "description": "Regular expression on the path relative to local_path."},
+    },
+    "additionalProperties": False,
+}
+
+SYNC = {
+    "type": "object",
+    "properties": {
+        "before": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                   "description": "Downloaded before the command starts (direction download)."},
+        "during": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                   "description": "Uploaded as files appear while it runs (direction upload)."},
+        "after": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                  "description": "Uploaded after it exits 0, before completion (direction upload)."},
+    },
+    "additionalProperties": False,
+}
+
+LEGACY_PROPERTIES = {
+    name: {"type": "string", "nullable": True}
+    for name in ("input_bucket", "input_prefix", "checkpoint_bucket", "checkpoint_prefix",
+                 "output_bucket", "output_prefix")
+}
+
+JOB_REQUEST = {
+    "type": "object",
+    "description": "Either `sync`, or all six legacy bucket/prefix fields.",
+    "required": ["command"],
+    "properties": {
+        "command": {"type": "string", "minLength": 1},
+        "arguments": {"type": "array", "items": {"type": "string"}},
+        "environment": {"type": "object", "additionalProperties": {"type": "string"}},
+        "sync": {"allOf": [{"$ref": "#/components/schemas/Sync"}], "nullable": True},
+        **LEGACY_PROPERTIES,
+        "webhook": {"type": "string", "format": "uri", "nullable": True},
+        "container_group_id": NULLABLE_STRING,
+        "max_failures": {"type": "integer", "minimum": 1, "default": 3},
+        "heartbeat_interval": {"type": "integer", "minimum": 1, "default": 30,
+                               "description": "Seconds between the worker's heartbeats."},
+        "compression": {"type": "boolean", "default": False,
+                        "description": "gzip uploads (stored with a .gz suffix)."},
+    },
+    "additionalProperties": False,
+}
+
+JOB = {
+    "type": "object",
+    "required": ["id", "user_id", "status", "created", "command", "arguments", "environment"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "user_id": {"type": "string"},
+        "status": STATUS,
+        "created": TIMESTAMP,
+        "started": TIMESTAMP,
+        "completed": TIMESTAMP,
+        "canceled": TIMESTAMP,
+        "failed": TIMESTAMP,
+        "command": {"type": "string"},
+        "arguments": {"type": "array", "items": {"type": "string"}},
+        "environment": {"type": "object", "additionalProperties": {"type": "string"}},
+        "sync": {"allOf": [{"$ref": "#/components/schemas/Sync"}], "nullable": True},
+        **LEGACY_PROPERTIES,
+        "webhook": NULLABLE_STRING,
+        "heartbeat": TIMESTAMP,
+        "num_failures": {"type": "integer"},
+        "num_heartbeats": {"type": "integer"},
+        "container_group_id": NULLABLE_STRING,
+        "machine_id": NULLABLE_STRING,
+        "max_failures": {"type": "integer"},
+        "heartbeat_interval": {"type": "integer"},
+        "compression": {"type": "boolean"},
+    },
+}
+
+COMPONENTS = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                       "field": {"type": "string"}, "index": {"type": "integer"}},
+    },
+    "Message": {"type": "object", "required": ["message"],
+                "properties": {"message": {"type": "string"}}},
+    "Count": {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}},
+    "SyncEntry": SYNC_ENTRY,
+    "Sync": SYNC,
+    "JobRequest": JOB_REQUEST,
+    "JobBatchRequest": {"type": "array", "minItems": 1, "maxItems": 1000,
+                        "items": {"$ref": "#/components/schemas/JobRequest"}},
+    "Job": JOB,
+    "JobList": {
+        "type": "object",
+        "required": ["_count", "jobs"],
+        "properties": {"_count": {"type": "integer"},
+                       "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}},
+    },
+    "WorkList": {"type": "array", "maxItems": 1, "items": {"$ref": "#/components/schemas/Job"}},
+    "WorkerReport": {
+        "type": "object",
+        "required": ["machine_id"],
+        "properties": {"machine_id": {"type": "string", "minLength": 1},
+                       "container_group_id": NULLABLE_STRING},
+    },
+    "FailureReport": {
+        "type": "object",
+        "required": ["machine_id"],
+        "properties": {"machine_id": {"type": "string", "minLength": 1},
+                       "container_group_id": NULLABLE_STRING,
+                       "exit_code": {"type": "integer", "nullable": True},
+                       "reason": NULLABLE_STRING},
+    },
+    "HeartbeatResponse": {"type": "object", "required": ["status"],
+                          "properties": {"status": STATUS}},
+    "JobEvent": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"}, "job_id": {"type": "string"}, "at": TIMESTAMP,
+            "kind": {"type": "string"}, "status": STATUS, "machine_id": NULLABLE_STRING,
+            "attempt": {"type": "integer", "nullable": True},
+            "exit_code": {"type": "integer", "nullable": True}, "reason": NULLABLE_STRING,
+        },
+    },
+    "JobEventList": {"type": "object", "required": ["events"],
+                     "properties": {"events": {"type": "array",
+                                               "items": {"$ref": "#/components/schemas/JobEvent"}}}},
+    "UserCreate": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string", "minLength": 1},
+                       "org": NULLABLE_STRING, "project": NULLABLE_STRING},
+        "additionalProperties": False,
+    },
+    "User": {
+        "type": "object",
+        "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                       "org": NULLABLE_STRING, "project": NULLABLE_STRING,
+                       "is_admin": {"type": "boolean"}, "created": TIMESTAMP},
+    },
+    "UserWithToken": {
+        "allOf": [{"$ref": "#/components/schemas/User"},
+                  {"type": "object", "required": ["token"],
+                   "properties": {"token": {"type": "string",
+                                            "description": "Shown once; store it now."}}}],
+    },
+    "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    "Health": {"type": "object", "properties": {"status": {"type": "string"},
+                                                "database": {"type": "string"}}},
+}
+
+
+def ref(name: str) -> Reference:
+    if name not in COMPONENTS:
+        raise KeyError(f"no schema named {name}")
+    return Reference(f"#/components/schemas/{name}")

@@ -1,0 +1,97 @@
+"""The coordination API as a real process on loopback, for end-to-end tests and benchmarks."""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.net import free_port, wait_for_http
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ApiProcess:
+    """`python -m api serve` on 127.0.0.1, started and stopped by the test.
+
+    The port stays the same across stop()/start(), so a test can take the API away from running
+    agents and bring it back.
+    """
+
+    def __init__(self, database_url: str, *, port: int | None = None, workers: int = 1,
+                 env: dict | None = None, log_path: Path | None = None):
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.workers = workers
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = "admin-" + secrets.token_hex(16)
+        self.extra_env = env or {}
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ApiProcess":
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "KELPIE_ADMIN_KEY": self.admin_key,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **self.extra_env,
+        }
+        # The child keeps its own copy of the descriptor; ours is closed right after Popen.
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(self.workers)],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self.log_path:
+            out.close()
+        wait_for_http(self.url + "/healthz", timeout=60, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # The whole session: Sanic's worker processes go with the main one.
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def request(self, method: str, path: str, body=None, key: str | None = None,
+                headers: dict | None = None):
+        """One JSON request; returns (status, decoded body or None)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("X-Kelpie-Key", key or self.admin_key)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                return response.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            return error.code, (json.loads(raw) if raw else None)
+
+    def create_user(self, name: str, org: str | None = None, project: str | None = None) -> str:
+        """A new Kelpie user; returns its API key."""
+        status, body = self.request("POST", "/users",
+                                    {"name": name, "org": org, "project": project})
+        assert status == 201, (status, body)
+        return body["token"]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
