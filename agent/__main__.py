@@ -1,0 +1,45 @@
+"""`python -m agent` (the `kelpie` binary): run the worker agent until told to stop."""
+
+import sys
+
+from agent import config as agent_config
+from agent import log as agent_log
+from agent.version import __version__
+
+USAGE = f"""kelpie {__version__}: the Kelpie worker agent.
+
+Polls the Kelpie API for jobs, runs each job's command, keeps its checkpoints and outputs in
+S3-compatible storage, and reports the outcome. Configured entirely from the environment.
+
+usage: kelpie [--help | --version]
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("--version", "-V", "version"):
+        print(__version__)
+        return 0
+    if args and args[0] in ("--help", "-h", "help"):
+        print(USAGE)
+        print(agent_config.help_text())
+        return 0
+    if args:
+        print(f"kelpie: unknown argument {args[0]!r} (try --help)", file=sys.stderr)
+        return 2
+    try:
+        config = agent_config.load()
+    except agent_config.ConfigError as error:
+        print(f"kelpie: configuration error: {error}", file=sys.stderr)
+        return 2
+    agent_log.setup(config.log_level)
+    # Imported here so --help and --version stay fast and need no S3 libraries.
+    from agent.worker import Worker
+
+    worker = Worker(config)
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The Kelpie API as the worker sees it (docs: /work/briefs/protocol.md), on urllib3.
+
+Connection errors and 5xx answers are retried with backoff and jitter; 4xx answers are final and
+raised as `ApiError` so the caller can tell "the API said no" (e.g. 409: not our job any more) from
+"the API is away" (`ApiUnavailable`).
+"""
+
+import json
+import threading
+import time
+from urllib.parse import urlencode
+
+import urllib3
+
+from agent import retry
+from agent.config import Config
+from agent.imds import Imds, ImdsUnavailable
+from agent.log import get_logger
+from agent.version import __version__
+
+log = get_logger(__name__)
+
+
+class ApiError(Exception):
+    """The API answered with a 4xx status: retrying will not help."""
+
+    def __init__(self, status: int, body):
+        self.status = status
+        self.body = body
+        super().__init__(f"API answered {status}: {body}")
+
+
+class ApiUnavailable(Exception):
+    """No usable answer after every attempt (connection errors, timeouts, 5xx)."""
+
+
+class ApiClient:
+    def __init__(self, config: Config, imds: Imds, stop: threading.Event | None = None):
+        self.config = config
+        self.imds = imds
+        self.stop = stop
+        self.http = urllib3.PoolManager(
+            num_pools=2, maxsize=4, retries=False,
+            timeout=urllib3.Timeout(connect=5, read=30))
+        self._jwt: str | None = None
+
+    # --- authentication (protocol.md: the first that applies) ---
+
+    def _auth_headers(self) -> dict:
+        c = self.config
+        if c.kelpie_api_key:
+            return {"X-Kelpie-Key": c.kelpie_api_key}
+        if c.salad_api_key:
+            return {"Salad-Api-Key": c.salad_api_key,
+                    "Salad-Organization": c.salad_organization or "",
+                    "Salad-Project": c.salad_project or ""}
+        if self._jwt is None:
+            try:
+                self._jwt = self.imds.token()
+            except ImdsUnavailable as error:
+                raise ApiUnavailable(f"no credentials: IMDS token unavailable ({error})") from None
+        headers = {"Authorization": f"Bearer {self._jwt}"}
+        if c.salad_project:
+            headers["Salad-Project"] = c.salad_project
+        return headers
+
+    # --- transport ---
+
+    def request(self, method: str, path: str, body: dict | None = None, *,
+                attempts: int | None = None, deadline: float | None = None):
+        """One API call with retries; returns (status, decoded body).
+
+        Retries until `attempts` are used up or, if `deadline` (a time.monotonic() value) is
+        given, until then, whichever ends later.
+        """
+        attempts = attempts or self.config.max_retries
+        url = self.config.api_url + path
+        data = None if body is None else json.dumps(body).encode()
+        attempt = 0
+        refreshed_jwt = False
+        while True:
+            attempt += 1
+            try:
+                headers = {"User-Agent": f"kelpie-agent/{__version__}",
+                           "Content-Type": "application/json", **self._auth_headers()}
+                response = self.http.request(method, url, body=data, headers=headers)
+                status = response.status
+                payload = _decode(response.data)
+                if status < 400:
+                    return status, payload
+                if status == 401 and self._jwt and not refreshed_jwt:
+                    # The IMDS JWT may have expired: fetch a fresh one once.
+                    self._jwt, refreshed_jwt = None, True
+                    attempt -= 1
+                    continue
+                if status < 500 and status != 429:
+                    raise ApiError(status, payload)
+                problem = f"{status} {payload}"
+            except (urllib3.exceptions.HTTPError, ApiUnavailable) as error:
+                problem = str(error)
+            more_time = deadline is not None and time.monotonic() < deadline
+            if attempt >= attempts and not more_time:
+                raise ApiUnavailable(f"{method} {path}: {problem}")
+            delay = retry.backoff_delay(attempt)
+            log.warning("API call failed, retrying",
+                        extra={"method": method, "path": path, "error": problem,
+                               "attempt": attempt, "retry_in_s": round(delay, 2)})
+            if retry.sleep(delay, self.stop if deadline is None else None):
+                raise ApiUnavailable(f"{method} {path}: stopped while retrying ({problem})")
+
+    # --- the worker endpoints ---
+
+    def _identity(self) -> dict:
+        return {"machine_id": self.config.machine_id,
+                "container_group_id": self.config.container_group_id}
+
+    def poll_work(self) -> dict | None:
+        query = {"machine_id": self.config.machine_id}
+        if self.config.container_group_id:
+            query["container_group_id"] = self.config.container_group_id
+        _, body = self.request("GET", "/work?" + urlencode(query))
+        if isinstance(body, list) and body:
+            return body[0]
+        if isinstance(body, dict) and body.get("id"):  # tolerate a bare job object
+            return body
+        return None
+
+    def heartbeat(self, job_id: str, attempts: int = 2) -> str:
+        """The job's status as the API sees it for this machine ("running", "canceled", …)."""
+        _, body = self.request("POST", f"/jobs/{job_id}/heartbeat", self._identity(),
+                               attempts=attempts)
+        return (body or {}).get("status", "running")
+
+    def report_completed(self, job_id: str) -> None:
+        deadline = time.monotonic() + self.config.report_timeout
+        self.request("POST", f"/jobs/{job_id}/completed", self._identity(), deadline=deadline)
+
+    def report_failed(self, job_id: str, exit_code: int | None, reason: str | None) -> None:
+        deadline = time.monotonic() + self.config.report_timeout
+        body = {**self._identity(), "exit_code": exit_code, "reason": reason}
+        self.request("POST", f"/jobs/{job_id}/failed", body, deadline=deadline)
+
+
+def _decode(raw: bytes):
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")[:500]

@@ -1,0 +1,352 @@
+"""The agent's lifecycle: poll → claim → download → run → sync → report → purge → poll again."""
+
+import signal
+import threading
+import time
+from concurrent.futures import Future
+
+from agent import log as agent_log
+from agent.client import ApiClient, ApiError, ApiUnavailable
+from agent.config import Config
+from agent.imds import DELETION_COST_UPLOADING, Imds
+from agent.jobs import JobError, JobPlan, child_environment, plan_for, purge
+from agent.runner import ChildProcess
+from agent.state import StateFile
+from agent.storage import Fingerprint, Storage, TransferFailed
+from agent.sync import DirectorySync
+from agent.watch import iter_files
+
+log = agent_log.get_logger(__name__)
+
+EXIT_OK = 0
+
+
+class JobLost(Exception):
+    """The job was canceled or handed to another machine: drop it without reporting."""
+
+
+class ShuttingDown(Exception):
+    """The agent was told to stop (SIGTERM/SIGINT): leave the job to be picked up elsewhere."""
+
+
+class Heartbeat:
+    """Heartbeats for one job on its own thread; notices cancellation and lost ownership."""
+
+    def __init__(self, worker: "Worker", job_id: str, interval: float):
+        self.worker, self.job_id, self.interval = worker, job_id, interval
+        self.stop_event = threading.Event()
+        self.lost = threading.Event()
+        self.lost_status: str | None = None
+        self.count = 0
+        self.final_upload = False
+        self.thread = agent_log.job_thread(self._run, name="kelpie-heartbeat")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        imds = self.worker.imds
+        while not self.stop_event.wait(self.interval):
+            try:
+                status = self.worker.client.heartbeat(self.job_id)
+            except ApiError as error:
+                if error.status in (404, 409):
+                    status = "canceled"
+                else:
+                    log.warning("heartbeat refused", extra={"status": error.status})
+                    continue
+            except ApiUnavailable as error:
+                log.warning("heartbeat failed; the job keeps running",
+                            extra={"error": str(error)})
+                continue
+            self.count += 1
+            if not self.final_upload:
+                imds.set_deletion_cost(self.count)
+            if status != "running":
+                log.info("the API says this job is no longer ours to run",
+                         extra={"status": status})
+                self.lost_status = status
+                self.lost.set()
+                return
+
+
+class Worker:
+    def __init__(self, config: Config):
+        self.config = config
+        self.shutdown = threading.Event()
+        self.shutdown_signal: int | None = None
+        self.imds = Imds(config.imds_url)
+        self.client = ApiClient(config, self.imds, stop=self.shutdown)
+        self.state = StateFile(config.state_file, config.machine_id)
+        self.storage = Storage(config, listener=self.state)
+        self.failures_here = 0
+        self.jobs_run = 0
+
+    # --- signals ---
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.shutdown.is_set():
+            return
+        self.shutdown_signal = signum
+        self.shutdown.set()
+
+    # --- the poll loop ---
+
+    def run(self) -> int:
+        log.info("agent started", extra={
+            "machine_id": self.config.machine_id,
+            "container_group_id": self.config.container_group_id,
+            "api_url": self.config.api_url})
+        self.imds.set_deletion_cost(0)
+        self.state.update(status="idle")
+        idle_since = time.monotonic()
+        try:
+            while not self.shutdown.is_set():
+                job = self._poll()
+                if job is not None:
+                    self._run_job(job)
+                    idle_since = time.monotonic()
+                    if self.shutdown.is_set():
+                        break
+                    if self.failures_here >= self.config.max_job_failures:
+                        self.imds.reallocate(
+                            f"{self.failures_here} failed jobs on this node")
+                        return EXIT_OK
+                    if self.config.recreate_between_jobs:
+                        log.info("exiting so the container is recreated for the next job")
+                        return EXIT_OK
+                    continue
+                idle = time.monotonic() - idle_since
+                if self.config.max_time_with_no_work and idle >= self.config.max_time_with_no_work:
+                    log.info("no work for too long; giving the node back",
+                             extra={"idle_s": round(idle, 1)})
+                    self.imds.reallocate("no work")
+                    return EXIT_OK
+                self.shutdown.wait(self.config.idle_poll_interval)
+            return EXIT_OK
+        finally:
+            log.info("agent stopping")
+            self.state.update(status="stopped")
+            self.state.close()
+            self.storage.close()
+
+    def _poll(self) -> dict | None:
+        try:
+            return self.client.poll_work()
+        except ApiError as error:
+            log.error("the API refused our poll for work",
+                      extra={"status": error.status, "body": error.body})
+        except ApiUnavailable as error:
+            if not self.shutdown.is_set():
+                log.warning("cannot reach the API; will poll again", extra={"error": str(error)})
+        return None
+
+    # --- one job ---
+
+    def _run_job(self, job: dict) -> None:
+        token = agent_log.current_job_id.set(job.get("id"))
+        try:
+            self._run_job_inner(job)
+        finally:
+            agent_log.current_job_id.reset(token)
+
+    def _run_job_inner(self, job: dict) -> None:
+        self.jobs_run += 1
+        job_id = job["id"]
+        log.info("claimed a job", extra={"command": job.get("command"),
+                                         "attempt_machine": self.config.machine_id})
+        self.state.update(status="preparing", job_id=job_id, job=job, exit_code=None)
+        heartbeat = Heartbeat(self, job_id, float(job.get("heartbeat_interval") or 30))
+        heartbeat.start()
+        self.imds.set_deletion_cost(1)
+        plan = None
+        try:
+            plan = plan_for(job, self.config)
+            purge(plan.directories(), self.config)
+            self._attempt(plan, heartbeat)
+        except JobError as error:
+            self._report_failed(job_id, None, f"invalid job: {error}")
+        except JobLost:
+            log.info("dropped the job without reporting", extra={"status": heartbeat.lost_status})
+        except ShuttingDown:
+            log.info("left the job for another machine; nothing reported")
+            heartbeat.stop()
+            self.state.update(status="stopping")
+            return  # the node is going away: no purge, no further work
+        finally:
+            heartbeat.stop()
+        if plan is not None:
+            purge(plan.directories(), self.config)
+        self.imds.set_deletion_cost(0)
+        self.state.update(status="idle", job_id=None, job=None)
+
+    def _wait(self, done: threading.Event | Future, heartbeat: Heartbeat) -> None:
+        """Block until `done`; raise JobLost / ShuttingDown if that happens first."""
+        is_done = done.is_set if isinstance(done, threading.Event) else done.done
+        while not is_done():
+            if heartbeat.lost.is_set():
+                raise JobLost()
+            if self.shutdown.is_set():
+                raise ShuttingDown()
+            time.sleep(0.05)
+
+    def _attempt(self, plan: JobPlan, heartbeat: Heartbeat) -> None:
+        # 1. sync.before, in a helper thread so a cancel or shutdown need not wait for it.
+        self.state.update(status="downloading")
+        downloads: Future = Future()
+        agent_log.job_thread(lambda: self._download(plan, downloads), name="kelpie-download"
+                             ).start()
+        self._wait(downloads, heartbeat)
+        try:
+            known = downloads.result()
+        except TransferFailed as error:
+            self._report_failed(plan.job_id, None, f"download failed: {error}")
+            return
+
+        # 2. watch sync.during, then start the command.
+        syncers = [DirectorySync(
+            rule, self.storage, known=known.get(rule.local_dir, {}),
+            watcher_mode=self.config.watcher_mode,
+            poll_interval=self.config.watcher_poll_interval,
+            debounce=self.config.watcher_debounce, rescan_interval=self.config.watcher_rescan,
+            upload_threads=max(2, self.config.transfer_concurrency // 2),
+        ) for rule in plan.during]
+        for syncer in syncers:
+            syncer.start()
+        child = ChildProcess(plan.command, plan.arguments, child_environment(plan, self.config),
+                             self.config.work_dir)
+        try:
+            child.start()
+        except OSError as error:
+            for syncer in syncers:
+                syncer.abandon()
+            self._report_failed(plan.job_id, None, f"command could not start: {error}")
+            return
+        self.state.update(status="running", child_pid=child.pid)
+
+        try:
+            self._wait(child.exited, heartbeat)
+        except JobLost:
+            child.stop(self.config.kill_grace, signal.SIGINT)
+            for syncer in syncers:
+                syncer.abandon()
+            raise
+        except ShuttingDown:
+            self._shut_down_with_child(child, syncers)
+            raise
+
+        # 3. the command exited: last pass over the during directories.
+        exit_code = child.returncode
+        log.info("command exited", extra={"exit_code": exit_code})
+        self.state.update(status="finishing", exit_code=exit_code, child_pid=None)
+        during_errors = {}
+        for syncer in syncers:
+            for rel, error in syncer.finish().items():
+                during_errors[f"{syncer.rule.local_dir}/{rel}"] = error
+        if heartbeat.lost.is_set():
+            raise JobLost()
+        if exit_code != 0:
+            self._report_failed(plan.job_id, exit_code, f"command exited with {exit_code}")
+            return
+
+        # 4. sync.after, then completed. Deletion cost at its highest while outputs go up.
+        heartbeat.final_upload = True
+        self.imds.set_deletion_cost(DELETION_COST_UPLOADING)
+        self.state.update(status="uploading")
+        after_failed = self._upload_after(plan, syncers)
+        if heartbeat.lost.is_set():
+            raise JobLost()
+        if during_errors or after_failed:
+            failed = list(during_errors) + after_failed
+            self._report_failed(plan.job_id, 0, f"upload failed for {len(failed)} file(s), "
+                                f"e.g. {failed[0]}")
+            return
+        self._report_completed(plan.job_id)
+
+    def _download(self, plan: JobPlan, result: Future) -> None:
+        known: dict = {}
+        try:
+            for rule in plan.before:
+                fingerprints = self.storage.download_rule(rule)
+                known.setdefault(rule.local_dir, {}).update(fingerprints)
+            # Directories the job writes into exist before it starts.
+            for rule in plan.during + plan.after:
+                rule.local_dir.mkdir(parents=True, exist_ok=True)
+            result.set_result(known)
+        except TransferFailed as error:
+            result.set_exception(error)
+        except Exception as error:  # noqa: BLE001 - any download problem fails the attempt
+            log.exception("download failed")
+            result.set_exception(TransferFailed(str(error)))
+
+    def _upload_after(self, plan: JobPlan, syncers: list[DirectorySync]) -> list[str]:
+        failed = []
+        for rule in plan.after:
+            # Files a during-sync of the same destination already sent are not sent twice.
+            already = {}
+            for syncer in syncers:
+                if (syncer.rule.bucket, syncer.rule.prefix, syncer.rule.local_dir,
+                        syncer.rule.compression) == (rule.bucket, rule.prefix, rule.local_dir,
+                                                     rule.compression):
+                    already = syncer.known
+            rels = []
+            for path in iter_files(rule.local_dir):
+                rel = rule.rel_for_path(path)
+                if rule.matches(rel) and already.get(rel) != Fingerprint.of(path):
+                    rels.append(rel)
+            failed += [f"{rule.local_dir}/{rel}" for rel in self.storage.upload_files(rule, rels)]
+            log.info("uploaded outputs", extra={"bucket": rule.bucket, "prefix": rule.prefix,
+                                                "files": len(rels)})
+        return failed
+
+    def _shut_down_with_child(self, child: ChildProcess, syncers: list[DirectorySync]) -> None:
+        """The node is going away: pass the signal on, let the child write its last checkpoint,
+        upload what it wrote, all within KELPIE_SHUTDOWN_GRACE_S; report nothing."""
+        deadline = time.monotonic() + self.config.shutdown_grace
+        signum = self.shutdown_signal or signal.SIGTERM
+        log.info("shutting down: forwarding the signal to the command",
+                 extra={"signal": signal.Signals(signum).name})
+        self.state.update(status="stopping")
+        child.signal_group(signum)
+        # Keep most of the grace for the child, but leave some for the last uploads.
+        child_budget = max(0.0, (deadline - time.monotonic()) * 0.7)
+        if not child.wait(child_budget):
+            log.warning("command still running at the end of its grace; killing it")
+            child.signal_group(signal.SIGKILL)
+            child.wait(5)
+        for syncer in syncers:
+            errors = syncer.finish(timeout=max(0.5, deadline - time.monotonic()))
+            if errors:
+                log.warning("some checkpoints were not uploaded before shutdown",
+                            extra={"files": sorted(errors)[:10]})
+
+    # --- reports ---
+
+    def _report_completed(self, job_id: str) -> None:
+        try:
+            self.client.report_completed(job_id)
+            log.info("reported completed")
+        except ApiError as error:
+            log.warning("completion not accepted", extra={"status": error.status,
+                                                          "body": error.body})
+        except ApiUnavailable as error:
+            log.error("could not report completion", extra={"error": str(error)})
+
+    def _report_failed(self, job_id: str, exit_code: int | None, reason: str) -> None:
+        self.failures_here += 1
+        try:
+            self.client.report_failed(job_id, exit_code, reason)
+            log.info("reported failed", extra={"exit_code": exit_code, "reason": reason})
+        except ApiError as error:
+            log.warning("failure not accepted", extra={"status": error.status,
+                                                       "body": error.body})
+        except ApiUnavailable as error:
+            log.error("could not report failure", extra={"error": str(error)})
