@@ -43,7 +43,7 @@ class KeyCache:
 
 async def kelpie_key(request: Request) -> Principal | None:
     key = request.headers.get("x-kelpie-key")
-    if key is None:
+    if not key:
         return None
     cache: KeyCache = request.app.ctx.key_cache
     key_hash = users.hash_key(key)

@@ -241,12 +241,11 @@ def purge_container_group(principal: Principal, container_group_id: str) -> int:
     """Delete the group's pending jobs and cancel its running ones; returns how many."""
     now = db.utcnow()
     with db.write_transaction():
-        scope = _owned(Job.select(Job.id, Job.machine_id), principal).where(
+        in_group = _owned(Job.select(Job.id, Job.machine_id), principal).where(
             Job.container_group_id == container_group_id)
-        deleted = (Job.delete()
-                   .where(Job.id.in_(scope.where(Job.status == PENDING)))
-                   .execute())
-        running = list(db.locked(scope.where(Job.status == RUNNING)))
+        pending_ids = in_group.select(Job.id).where(Job.status == PENDING)
+        deleted = Job.delete().where(Job.id.in_(pending_ids)).execute()
+        running = list(db.locked(in_group.where(Job.status == RUNNING)))
         if running:
             Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
                 Job.id.in_([job.id for job in running])).execute()

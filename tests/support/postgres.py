@@ -18,8 +18,12 @@ def _admin_connection():
 def create_database(label: str = "test") -> tuple[str, str]:
     """A new empty database; returns (name, DATABASE_URL)."""
     name = f"kelpie_{label}_{secrets.token_hex(4)}"
-    with _admin_connection() as connection, connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
     return name, f"{HOST_URL}/{name}"
 
 

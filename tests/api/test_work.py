@@ -1,0 +1,163 @@
+"""The worker protocol and the job state machine (ARCHITECTURE.md)."""
+
+import pytest
+
+from tests.api.jobdefs import sync_job
+from tests.support.net import wait_until
+
+
+def submit(api, key, **overrides):
+    status, job = api.request("POST", "/jobs", sync_job(**overrides), key=key)
+    assert status == 202
+    return job
+
+
+def claim(api, key, machine, group):
+    status, work = api.request("GET", f"/work?machine_id={machine}&container_group_id={group}",
+                               key=key)
+    assert status == 200
+    assert len(work) <= 1
+    return work[0] if work else None
+
+
+def report(api, key, job_id, what, machine, group=None, **extra):
+    return api.request("POST", f"/jobs/{job_id}/{what}",
+                       {"machine_id": machine, "container_group_id": group, **extra}, key=key)
+
+
+def test_claim_assigns_oldest_pending_job_of_the_group(api, user_key):
+    first = submit(api, user_key, container_group_id="g1")
+    second = submit(api, user_key, container_group_id="g1")
+    submit(api, user_key, container_group_id="other")
+
+    job = claim(api, user_key, "m1", "g1")
+    assert job["id"] == first["id"]
+    assert job["status"] == "running" and job["machine_id"] == "m1"
+    assert job["started"] and job["heartbeat"]
+    assert claim(api, user_key, "m2", "g1")["id"] == second["id"]
+    assert claim(api, user_key, "m3", "g1") is None
+
+
+def test_jobs_without_group_go_to_workers_without_group(api, user_key):
+    job = submit(api, user_key, container_group_id=None)
+    assert claim(api, user_key, "m1", "some-group") is None
+    status, work = api.request("GET", "/work?machine_id=m1", key=user_key)
+    assert status == 200 and work[0]["id"] == job["id"]
+
+
+def test_machine_id_is_required(api, user_key):
+    status, error = api.request("GET", "/work?container_group_id=g", key=user_key)
+    assert status == 400 and error["field"] == "machine_id"
+    status, error = api.request("POST", "/jobs/x/heartbeat", {}, key=user_key)
+    assert status == 400 and error["field"] == "machine_id"
+
+
+def test_heartbeat_from_holder_counts_and_answers_running(api, user_key):
+    submit(api, user_key, container_group_id="hb")
+    job = claim(api, user_key, "m1", "hb")
+    for _ in range(3):
+        assert report(api, user_key, job["id"], "heartbeat", "m1", "hb") == (200, {"status": "running"})
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["num_heartbeats"] == 3
+    assert fetched["heartbeat"] >= job["heartbeat"]
+
+
+def test_heartbeat_from_another_machine_answers_canceled(api, user_key):
+    submit(api, user_key, container_group_id="zombie")
+    job = claim(api, user_key, "m1", "zombie")
+    assert report(api, user_key, job["id"], "heartbeat", "m2", "zombie") == (200, {"status": "canceled"})
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["num_heartbeats"] == 0 and fetched["machine_id"] == "m1"
+
+
+def test_cancel_reaches_the_worker_through_its_heartbeat(api, user_key):
+    submit(api, user_key, container_group_id="cancel")
+    job = claim(api, user_key, "m1", "cancel")
+    api.request("DELETE", f"/jobs/{job['id']}", key=user_key)
+    assert report(api, user_key, job["id"], "heartbeat", "m1", "cancel") == (200, {"status": "canceled"})
+    status, _ = report(api, user_key, job["id"], "completed", "m1", "cancel")
+    assert status == 409
+
+
+def test_stale_job_is_handed_to_another_machine_first(api, user_key):
+    stale = submit(api, user_key, container_group_id="stale", heartbeat_interval=1)
+    waiting = submit(api, user_key, container_group_id="stale")
+    assert claim(api, user_key, "m1", "stale")["id"] == stale["id"]
+    # Nothing else is claimable by m1's peer until m1's lease (2 × 1 s) runs out — except the
+    # pending job, which m2 takes now.
+    assert claim(api, user_key, "m2", "stale")["id"] == waiting["id"]
+    taken = wait_until(lambda: claim(api, user_key, "m3", "stale"), timeout=10, interval=0.2)
+    assert taken["id"] == stale["id"] and taken["machine_id"] == "m3"
+    # The old holder is now a zombie: told to stop, and cannot report.
+    assert report(api, user_key, stale["id"], "heartbeat", "m1", "stale")[1] == {"status": "canceled"}
+    assert report(api, user_key, stale["id"], "completed", "m1", "stale")[0] == 409
+    assert report(api, user_key, stale["id"], "failed", "m1", "stale")[0] == 409
+    _, events = api.request("GET", f"/jobs/{stale['id']}/events", key=user_key)
+    kinds = [(e["kind"], e["machine_id"]) for e in events["events"]]
+    assert kinds[-2:] == [("heartbeat_lost", "m1"), ("assigned", "m3")]
+    # An interruption is not a failure.
+    _, fetched = api.request("GET", f"/jobs/{stale['id']}", key=user_key)
+    assert fetched["num_failures"] == 0
+
+
+def test_heartbeats_keep_the_lease(api, user_key):
+    submit(api, user_key, container_group_id="lease", heartbeat_interval=1)
+    job = claim(api, user_key, "m1", "lease")
+    # Heartbeat every ~0.3 s for 3 s (longer than the 2 s lease): nobody else gets the job.
+    import time
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert report(api, user_key, job["id"], "heartbeat", "m1", "lease")[1] == {"status": "running"}
+        assert claim(api, user_key, "m2", "lease") is None
+        time.sleep(0.3)
+
+
+def test_failure_bans_the_machine_and_retries_elsewhere(api, user_key):
+    job = submit(api, user_key, container_group_id="fail", max_failures=2)
+    claim(api, user_key, "m1", "fail")
+    status, _ = report(api, user_key, job["id"], "failed", "m1", "fail", exit_code=1)
+    assert status == 202
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "pending" and fetched["num_failures"] == 1
+    assert fetched["machine_id"] is None
+    # m1 is banned from it; m2 gets it at once, without waiting for a timeout.
+    assert claim(api, user_key, "m1", "fail") is None
+    assert claim(api, user_key, "m2", "fail")["id"] == job["id"]
+    report(api, user_key, job["id"], "failed", "m2", "fail", exit_code=1, reason="again")
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "failed" and fetched["num_failures"] == 2
+    assert fetched["failed"] is not None
+    assert claim(api, user_key, "m3", "fail") is None
+
+
+def test_completion_is_final_and_idempotent_for_the_holder(api, user_key):
+    job = submit(api, user_key, container_group_id="done")
+    claim(api, user_key, "m1", "done")
+    assert report(api, user_key, job["id"], "completed", "m2", "done")[0] == 409
+    assert report(api, user_key, job["id"], "completed", "m1", "done")[0] == 200
+    assert report(api, user_key, job["id"], "completed", "m1", "done")[0] == 200  # a retry
+    assert report(api, user_key, job["id"], "failed", "m1", "done")[0] == 409
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "completed" and fetched["completed"] is not None
+    assert report(api, user_key, job["id"], "heartbeat", "m1", "done")[1] == {"status": "completed"}
+    assert api.request("DELETE", f"/jobs/{job['id']}", key=user_key)[0] == 409
+
+
+def test_reports_for_pending_jobs_conflict(api, user_key):
+    job = submit(api, user_key, container_group_id="early")
+    assert report(api, user_key, job["id"], "completed", "m1", "early")[0] == 409
+    assert report(api, user_key, job["id"], "failed", "m1", "early")[0] == 409
+    assert report(api, user_key, job["id"], "heartbeat", "m1", "early")[1] == {"status": "canceled"}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"machine_id": "m1", "exit_code": "1"}, "exit_code"),
+    ({"machine_id": "m1", "exit_code": 2**40}, "exit_code"),
+    ({"machine_id": "m1", "reason": 5}, "reason"),
+    ({"machine_id": 7}, "machine_id"),
+    ([], "body"),
+])
+def test_bad_failure_reports(api, user_key, body, field):
+    job = submit(api, user_key, container_group_id="badreport")
+    status, error = api.request("POST", f"/jobs/{job['id']}/failed", body, key=user_key)
+    assert status == 400 and error["field"] == field
