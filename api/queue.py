@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from peewee import SQL, fn
 
-from api import db
+from api import db, webhooks
 from api.errors import Conflict, NotFound
 from api.models import Job, JobBan, JobEvent
 
@@ -148,7 +148,9 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
             num_attempts=attempt,
         ).where(Job.id == candidate.id).execute()
         _event(candidate.id, "assigned", RUNNING, machine_id=machine_id, attempt=attempt, at=now)
-        return Job.get_by_id(candidate.id)
+        job = Job.get_by_id(candidate.id)
+        webhooks.enqueue(job, RUNNING, now)
+        return job
 
 
 def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
@@ -184,6 +186,7 @@ def complete(principal: Principal, job_id: str, machine_id: str) -> Job:
             Job.id == job_id).execute()
         _event(job_id, "completed", COMPLETED, machine_id=machine_id, attempt=job.num_attempts,
                at=now)
+        webhooks.enqueue(job, COMPLETED, now)
     return Job.get_by_id(job_id)
 
 
@@ -206,6 +209,7 @@ def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None,
                        lease_expires=None).where(Job.id == job_id).execute()
             _event(job_id, "failed", FAILED, machine_id=machine_id, at=now,
                    reason=f"failed {failures} of max_failures={job.max_failures} times")
+            webhooks.enqueue(job, FAILED, now)
         else:
             Job.update(status=PENDING, num_failures=failures, machine_id=None, heartbeat=None,
                        lease_expires=None).where(Job.id == job_id).execute()
@@ -234,6 +238,7 @@ def cancel(principal: Principal, job_id: str, reason: str = "canceled by user") 
         Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
             Job.id == job_id).execute()
         _event(job_id, "canceled", CANCELED, machine_id=job.machine_id, at=now, reason=reason)
+        webhooks.enqueue(job, CANCELED, now)
     return Job.get_by_id(job_id)
 
 
@@ -255,6 +260,10 @@ def purge_container_group(principal: Principal, container_group_id: str) -> int:
                  "reason": f"container group {container_group_id} purged"}
                 for job in running
             ]).execute()
+            notify = Job.select().where(Job.id.in_([job.id for job in running]),
+                                        Job.webhook.is_null(False))
+            for job in notify:
+                webhooks.enqueue(job, CANCELED, now)
     return deleted + len(running)
 
 

@@ -62,6 +62,32 @@ def find_or_create_for_org(org: str, project: str | None) -> User:
     return user
 
 
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def webhook_secret(user_id: str) -> str | None:
+    """The user's webhook signing secret, made on first use (None if the user is gone).
+
+    The conditional update makes concurrent first uses agree on one secret.
+    """
+    user = User.select(User.webhook_secret).where(User.id == user_id).first()
+    if user is None or user.webhook_secret:
+        return user and user.webhook_secret
+    User.update(webhook_secret=new_webhook_secret()).where(
+        User.id == user_id, User.webhook_secret.is_null()).execute()
+    user = User.select(User.webhook_secret).where(User.id == user_id).first()
+    return user.webhook_secret if user else None
+
+
+def rotate_webhook_secret(user_id: str) -> str:
+    """Replace the signing secret; deliveries signed from now on use the new one."""
+    secret = new_webhook_secret()
+    if not User.update(webhook_secret=secret).where(User.id == user_id).execute():
+        raise NotFound(f"user {user_id} not found")
+    return secret
+
+
 def delete_all_but_admin() -> int:
     with db.write_transaction():
         return User.delete().where(User.is_admin == False).execute()  # noqa: E712

@@ -1,0 +1,178 @@
+"""Outbound HTTP to user-supplied URLs (status webhooks), without server-side request forgery.
+
+A user picks the URL, so the API must never be turned into a way to reach what only the API
+can reach. The name is resolved here, every address is checked, and the connection goes to
+the checked address itself (Host header and TLS SNI/certificate name still the URL's name),
+so a DNS answer that changes between the check and the connect cannot slip past the check.
+Redirects are not followed.
+
+Always refused: link-local addresses, where cloud metadata services live (169.254.0.0/16,
+fe80::/10, AWS's fd00:ec2::254), in any IPv6 spelling that embeds an IPv4 address.
+With `deny_private`: everything that is not globally routable (loopback, RFC 1918, CGNAT, ULA…).
+"""
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_RESPONSE_BYTES = 1024
+
+ALWAYS_DENIED = tuple(ipaddress.ip_network(net) for net in (
+    "169.254.0.0/16",     # IPv4 link-local: AWS/GCP/Azure/Salad instance metadata
+    "fe80::/10",          # IPv6 link-local
+    "fd00:ec2::254/128",  # AWS metadata over IPv6
+))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+class Refused(Exception):
+    """The destination is not allowed; nothing was sent (no connection was opened)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes  # at most MAX_RESPONSE_BYTES
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64, IPv4-compatible)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64 or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def check_address(address: str, *, deny_private: bool = False) -> None:
+    """Raise Refused unless `address` (an IP literal) may be connected to."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        raise Refused(f"{address!r} is not an IP address") from None
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    for candidate in (ip, embedded):
+        if candidate is not None and (candidate.is_link_local or any(
+                candidate in net for net in ALWAYS_DENIED if net.version == candidate.version)):
+            raise Refused(f"{address} is a link-local or cloud metadata address")
+    # The IPv4 address is what an embedding form reaches, so it is the one judged below.
+    effective = embedded or ip
+    if effective.is_multicast or effective.is_unspecified:
+        raise Refused(f"{address} is not a unicast address")
+    if deny_private and not effective.is_global:
+        raise Refused(f"{address} is a loopback, private or reserved address "
+                      "(KELPIE_WEBHOOK_DENY_PRIVATE is on)")
+
+
+def resolve(host: str, port: int, *, deny_private: bool = False) -> list[str]:
+    """The addresses of `host` that may be connected to, in resolver order.
+
+    Addresses that are refused are dropped; if none is left, Refused says why.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise OSError(f"cannot resolve {host}: {error.strerror}") from None
+    allowed, reasons = [], []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = sockaddr[0]
+        try:
+            check_address(address, deny_private=deny_private)
+        except Refused as refusal:
+            reasons.append(str(refusal))
+            continue
+        if address not in allowed:
+            allowed.append(address)
+    if not allowed:
+        raise Refused(f"{host}: " + ("; ".join(dict.fromkeys(reasons)) or "no address"))
+    return allowed
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a fixed IP that still sends SNI for, and verifies the certificate of, the
+    URL's host name."""
+
+    def __init__(self, address: str, port: int, server_name: str, timeout: float,
+                 context: ssl.SSLContext):
+        super().__init__(address, port, timeout=timeout, context=context)
+        self._server_name = server_name
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def _host_header(host: str, port: int, default_port: int) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port == default_port else f"{name}:{port}"
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0,
+         deny_private: bool = False, ssl_context: ssl.SSLContext | None = None) -> Response:
+    """POST `body` to `url` and return the status and the first KiB of the answer.
+
+    Raises Refused (destination not allowed: nothing was sent) or OSError / http.client
+    errors (network trouble: worth retrying). Blocking: call it from a thread.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise Refused(f"scheme {parts.scheme!r} is not http or https")
+    host = parts.hostname
+    if not host:
+        raise Refused("the URL has no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Refused("the URL's port is not valid") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    default_port = 443 if parts.scheme == "https" else 80
+    request_headers = {**headers, "Host": _host_header(host, port, default_port),
+                       "Content-Length": str(len(body)), "Connection": "close"}
+    addresses = resolve(host, port, deny_private=deny_private)
+    # One deadline for the whole exchange, so a slow trickle cannot stretch it.
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if parts.scheme == "https":
+            context = ssl_context or ssl.create_default_context()
+            connection = _PinnedHTTPSConnection(address, port, host, remaining, context)
+        else:
+            connection = http.client.HTTPConnection(address, port, timeout=remaining)
+        try:
+            try:
+                connection.connect()
+            except OSError as error:  # try the name's next address
+                last_error = error
+                continue
+            # Kept: with "Connection: close" the response takes the socket over from the
+            # connection, and the read below still has to keep to the deadline.
+            sock = connection.sock
+            sock.settimeout(_remaining(deadline))
+            connection.request("POST", target, body=body, headers=request_headers)
+            response = connection.getresponse()
+            sock.settimeout(_remaining(deadline))
+            # Only the start is kept: a huge or endless answer costs nothing.
+            start = response.read(MAX_RESPONSE_BYTES)
+            response.close()
+            return Response(response.status, start)
+        finally:
+            connection.close()
+    raise last_error or TimeoutError(f"no answer from {host} within {timeout:g} s")
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("timed out")
+    return remaining
