@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from api.config import Settings
 from api.errors import ValidationError
+from api.fields import is_storable, text
 
 LEGACY_FIELDS = (
     "input_bucket", "input_prefix",
@@ -23,27 +24,10 @@ JOB_FIELDS = {
     "command", "arguments", "environment", "sync", "webhook", "container_group_id",
     "max_failures", "heartbeat_interval", "compression", *LEGACY_FIELDS,
 }
-MAX_STRING = 4096
 MAX_COMMAND_PARTS = 1000
 MAX_SYNC_ENTRIES = 100
 MAX_FAILURES_LIMIT = 1000
 MAX_HEARTBEAT_INTERVAL = 86400
-
-
-def _string(value, field: str, *, required: bool = True, max_length: int = MAX_STRING) -> str | None:
-    if value is None:
-        if required:
-            raise ValidationError(field, "is required")
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(field, "must be a string")
-    if required and not value.strip():
-        raise ValidationError(field, "must not be empty")
-    if len(value) > max_length:
-        raise ValidationError(field, f"must be at most {max_length} characters")
-    if "\x00" in value:
-        raise ValidationError(field, "must not contain NUL characters")
-    return value
 
 
 def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int:
@@ -58,7 +42,7 @@ def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int
 
 
 def _prefix(value, field: str) -> str:
-    prefix = _string(value, field, required=False) or ""
+    prefix = text(value, field, required=False) or ""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return prefix
@@ -70,10 +54,10 @@ def _sync_entry(entry, field: str, expected_direction: str) -> dict:
     unknown = set(entry) - SYNC_ENTRY_FIELDS
     if unknown:
         raise ValidationError(f"{field}.{sorted(unknown)[0]}", "is not a known field")
-    direction = _string(entry.get("direction"), f"{field}.direction")
+    direction = text(entry.get("direction"), f"{field}.direction")
     if direction != expected_direction:
         raise ValidationError(f"{field}.direction", f"must be {expected_direction!r}")
-    pattern = _string(entry.get("pattern"), f"{field}.pattern", required=False)
+    pattern = text(entry.get("pattern"), f"{field}.pattern", required=False)
     if pattern is not None:
         try:
             re.compile(pattern)
@@ -81,9 +65,9 @@ def _sync_entry(entry, field: str, expected_direction: str) -> dict:
             raise ValidationError(f"{field}.pattern",
                                   f"is not a valid regular expression ({error})") from None
     return {
-        "bucket": _string(entry.get("bucket"), f"{field}.bucket", max_length=255),
+        "bucket": text(entry.get("bucket"), f"{field}.bucket", max_length=255),
         "prefix": _prefix(entry.get("prefix"), f"{field}.prefix"),
-        "local_path": _string(entry.get("local_path"), f"{field}.local_path"),
+        "local_path": text(entry.get("local_path"), f"{field}.local_path"),
         "direction": direction,
         "pattern": pattern,
     }
@@ -110,7 +94,7 @@ def _sync(value) -> dict:
 
 
 def _webhook(value) -> str | None:
-    url = _string(value, "webhook", required=False)
+    url = text(value, "webhook", required=False)
     if not url:
         return None
     parsed = urlparse(url)
@@ -135,7 +119,7 @@ def parse_job(body, settings: Settings) -> dict:
     if len(arguments) > MAX_COMMAND_PARTS:
         raise ValidationError("arguments", f"must have at most {MAX_COMMAND_PARTS} entries")
     for index, argument in enumerate(arguments):
-        if not isinstance(argument, str) or "\x00" in argument:
+        if not isinstance(argument, str) or not is_storable(argument):
             raise ValidationError(f"arguments[{index}]", "must be a string")
 
     environment = body.get("environment")
@@ -144,9 +128,9 @@ def parse_job(body, settings: Settings) -> dict:
     if not isinstance(environment, dict):
         raise ValidationError("environment", "must be an object of string values")
     for name, value in environment.items():
-        if not name or "=" in name or "\x00" in name:
+        if not name or "=" in name or not is_storable(name):
             raise ValidationError(f"environment.{name}", "is not a valid variable name")
-        if not isinstance(value, str) or "\x00" in value:
+        if not isinstance(value, str) or not is_storable(value):
             raise ValidationError(f"environment.{name}", "must be a string")
 
     compression = body.get("compression")
@@ -156,11 +140,11 @@ def parse_job(body, settings: Settings) -> dict:
         raise ValidationError("compression", "must be true or false")
 
     job = {
-        "command": _string(body.get("command"), "command"),
+        "command": text(body.get("command"), "command"),
         "arguments": arguments,
         "environment": environment,
         "webhook": _webhook(body.get("webhook")),
-        "container_group_id": _string(body.get("container_group_id"), "container_group_id",
+        "container_group_id": text(body.get("container_group_id"), "container_group_id",
                                       required=False, max_length=255) or None,
         "max_failures": _integer(body.get("max_failures"), "max_failures",
                                  settings.default_max_failures, 1, MAX_FAILURES_LIMIT),
@@ -185,7 +169,7 @@ def parse_job(body, settings: Settings) -> dict:
                     raise ValidationError(name, "is required when legacy bucket fields are used")
                 job[name] = _prefix(body.get(name), name)
             else:
-                job[name] = _string(body.get(name), name, max_length=255)
+                job[name] = text(body.get(name), name, max_length=255)
     else:
         raise ValidationError("sync", "is required (or all six legacy bucket and prefix fields)")
     return job

@@ -5,7 +5,7 @@ from sanic.response import json
 from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import Boolean, Integer, String
 
-from api import db, jobspec, queue, serialize
+from api import db, fields, jobspec, queue, serialize
 from api.auth import admin_only, authenticated
 from api.errors import ValidationError
 from api.routes import documented, json_body, query_bool, query_int
@@ -59,7 +59,8 @@ async def list_jobs(request: Request):
     count, jobs = await db.run(
         queue.list_jobs, request.ctx.principal,
         status=status,
-        container_group_id=request.args.get("container_group_id") or None,
+        container_group_id=fields.text(request.args.get("container_group_id") or None,
+                                       "container_group_id", required=False, max_length=255),
         page=query_int(request, "page", 1, 1, 10_000_000),
         page_size=query_int(request, "page_size", 100, 1, settings.max_page_size),
         ascending=query_bool(request, "asc", False),
@@ -67,29 +68,29 @@ async def list_jobs(request: Request):
     return json({"_count": count, "jobs": [serialize.job(job) for job in jobs]})
 
 
-@bp.get("/jobs/<job_id:str>")
+@bp.get("/jobs/<job_id:uuid>")
 @documented("Get a job", responses={200: "Job"}, errors=(401, 403, 404))
 @authenticated
-async def get_job(request: Request, job_id: str):
-    job = await db.run(queue.get, request.ctx.principal, job_id)
+async def get_job(request: Request, job_id):
+    job = await db.run(queue.get, request.ctx.principal, str(job_id))
     return json(serialize.job(job))
 
 
-@bp.get("/jobs/<job_id:str>/events")
+@bp.get("/jobs/<job_id:uuid>/events")
 @documented("A job's history: every transition in order", responses={200: "JobEventList"},
             errors=(401, 403, 404))
 @authenticated
-async def job_events(request: Request, job_id: str):
-    events = await db.run(queue.events, request.ctx.principal, job_id)
+async def job_events(request: Request, job_id):
+    events = await db.run(queue.events, request.ctx.principal, str(job_id))
     return json({"events": [serialize.event(event) for event in events]})
 
 
-@bp.delete("/jobs/<job_id:str>")
+@bp.delete("/jobs/<job_id:uuid>")
 @documented("Cancel a job that has not finished", responses={202: "Message"},
             errors=(401, 403, 404, 409))
 @authenticated
-async def cancel_job(request: Request, job_id: str):
-    await db.run(queue.cancel, request.ctx.principal, job_id)
+async def cancel_job(request: Request, job_id):
+    await db.run(queue.cancel, request.ctx.principal, str(job_id))
     return json({"message": "Job canceled"}, status=202)
 
 
@@ -98,6 +99,7 @@ async def cancel_job(request: Request, job_id: str):
             responses={202: "Count"}, errors=(401, 403))
 @authenticated
 async def purge_container_group(request: Request, container_group_id: str):
+    fields.text(container_group_id, "container_group_id", max_length=255)
     count = await db.run(queue.purge_container_group, request.ctx.principal, container_group_id)
     return json({"count": count}, status=202)
 

@@ -3,7 +3,7 @@
 from sanic import Blueprint, Request
 from sanic.response import json
 
-from api import db, users
+from api import db, fields, users
 from api.auth import admin_only, authenticated
 from api.errors import NotFound, ValidationError
 from api.routes import documented, json_body
@@ -12,10 +12,7 @@ bp = Blueprint("users")
 
 
 def _optional_string(body: dict, name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > 255):
-        raise ValidationError(name, "must be a string of at most 255 characters")
-    return value or None
+    return fields.text(body.get(name), name, required=False, max_length=255) or None
 
 
 @bp.post("/users")
@@ -29,9 +26,7 @@ async def create_user(request: Request):
     unknown = set(body) - {"name", "org", "project"}
     if unknown:
         raise ValidationError(sorted(unknown)[0], "is not a known field")
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise ValidationError("name", "is required (a string of at most 255 characters)")
+    name = fields.text(body.get("name"), "name", max_length=255)
     user, key = await db.run(users.create, name, _optional_string(body, "org"),
                              _optional_string(body, "project"))
     return json({**users.to_dict(user), "token": key}, status=201)
@@ -42,6 +37,8 @@ async def create_user(request: Request):
             errors=(401, 403, 404))
 @admin_only
 async def issue_token(request: Request, user_id: str):
+    if not fields.is_storable(user_id):
+        raise NotFound(f"user {user_id!r} not found")
     key = await db.run(users.issue_key, user_id)
     return json({"token": key}, status=201)
 

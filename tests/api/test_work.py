@@ -1,5 +1,7 @@
 """The worker protocol and the job state machine (ARCHITECTURE.md)."""
 
+import uuid
+
 import pytest
 
 from tests.api.jobdefs import sync_job
@@ -48,7 +50,7 @@ def test_jobs_without_group_go_to_workers_without_group(api, user_key):
 def test_machine_id_is_required(api, user_key):
     status, error = api.request("GET", "/work?container_group_id=g", key=user_key)
     assert status == 400 and error["field"] == "machine_id"
-    status, error = api.request("POST", "/jobs/x/heartbeat", {}, key=user_key)
+    status, error = api.request("POST", f"/jobs/{uuid.uuid4()}/heartbeat", {}, key=user_key)
     assert status == 400 and error["field"] == "machine_id"
 
 

@@ -1,0 +1,35 @@
+"""Checks for the text that callers send us, shared by every route.
+
+Both databases refuse some strings Python accepts: PostgreSQL cannot store NUL characters, and
+lone UTF-16 surrogates (valid in JSON escapes, invalid in UTF-8) cannot be encoded at all.
+Rejecting them here turns what would be a 500 from the driver into a 400 naming the field.
+"""
+
+from api.errors import ValidationError
+
+
+def is_storable(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text(value, field: str, *, required: bool = True, max_length: int = 4096) -> str | None:
+    """A string field: present (unless optional), a string, storable, not too long."""
+    if value is None:
+        if required:
+            raise ValidationError(field, "is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string")
+    if required and not value.strip():
+        raise ValidationError(field, "must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(field, f"must be at most {max_length} characters")
+    if not is_storable(value):
+        raise ValidationError(field, "must be valid UTF-8 text without NUL characters")
+    return value
