@@ -1,0 +1,91 @@
+"""Machines that keep failing jobs are moved elsewhere, once, through Salad's public API.
+
+When a machine that is banned from `max_failures_per_worker` different jobs of one user asks
+that user for work, it is answered `[]` and its container-group instance is reallocated to
+another machine (Salad's "reallocate instance" call), as the original service does. The
+`machine_reallocations` row is written before Salad is asked, so this happens once per machine
+however many API processes see it; the call itself runs in the background so the worker's poll
+does not wait for Salad.
+"""
+
+import logging
+
+from peewee import IntegrityError
+
+from api import db, salad
+from api.models import JobBan, MachineReallocation, ScalingRule, User
+from api.queue import Principal
+
+log = logging.getLogger("kelpie.reallocation")
+
+REQUESTED = "requested"
+REALLOCATED = "reallocated"
+FAILED = "failed"
+
+
+def claim(principal: Principal, machine_id: str, container_group_id: str, threshold: int) -> bool:
+    """True (and recorded) when this machine is due for its one reallocation."""
+    bans = JobBan.select().where(JobBan.machine_id == machine_id,
+                                 JobBan.user_id == principal.user_id).count()
+    if bans < threshold:
+        return False
+    try:
+        with db.write_transaction():
+            MachineReallocation.insert(
+                machine_id=machine_id, user_id=principal.user_id,
+                container_group_id=container_group_id, requested=db.utcnow(), outcome=REQUESTED,
+            ).execute()
+    except IntegrityError:
+        return False  # already reallocated (or being reallocated) by this or another process
+    return True
+
+
+def _locate(user_id: str, container_group_id: str) -> tuple[str, str, str] | None:
+    """(organization, project, name) of the group: from its scaling rule, else the user's."""
+    rule = ScalingRule.get_or_none(ScalingRule.container_group_id == container_group_id)
+    if rule is not None:
+        return rule.organization_name, rule.project_name, rule.container_group_name
+    user = User.get_or_none(User.id == user_id)
+    if user is None or not user.org or not user.project:
+        return None
+    return user.org, user.project, None
+
+
+def _finish(machine_id: str, outcome: str, error: str | None = None) -> None:
+    MachineReallocation.update(outcome=outcome, error=error, finished=db.utcnow()).where(
+        MachineReallocation.machine_id == machine_id).execute()
+
+
+async def reallocate(user_id: str, machine_id: str, container_group_id: str) -> None:
+    """Ask Salad to move the instance; the outcome is kept on the machine's record."""
+    try:
+        where = await db.run(_locate, user_id, container_group_id)
+        if where is None:
+            raise salad.SaladError("no Salad organization and project known for the container "
+                                   "group (no scaling rule, and the user has no org/project)")
+        org, project, name = where
+        if name is None:
+            group = await salad.call(salad.find_container_group, org, project, container_group_id)
+            if group is None:
+                raise salad.SaladNotFound(f"container group {container_group_id} not found in "
+                                          f"{org}/{project}")
+            name = group["name"]
+        await salad.call(salad.reallocate_instance, org, project, name, machine_id)
+    except salad.SaladError as error:
+        log.warning("reallocating machine %s failed: %s", machine_id, error)
+        await db.run(_finish, machine_id, FAILED, str(error)[:2000])
+        return
+    log.info("machine %s of container group %s reallocated", machine_id, container_group_id)
+    await db.run(_finish, machine_id, REALLOCATED)
+
+
+async def on_work_request(app, principal: Principal, machine_id: str,
+                          container_group_id: str | None) -> bool:
+    """Called by GET /work: True when this machine is being reallocated (answer it `[]`)."""
+    if container_group_id is None or not salad.is_configured():
+        return False
+    threshold = app.ctx.settings.max_failures_per_worker
+    if not await db.run(claim, principal, machine_id, container_group_id, threshold):
+        return False
+    app.add_task(reallocate(principal.user_id, machine_id, container_group_id))
+    return True

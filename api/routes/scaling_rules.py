@@ -1,0 +1,226 @@
+"""Scaling rules: how the autoscaler (api/autoscale.py) sizes a user's container groups."""
+
+from peewee import IntegrityError
+from sanic import Blueprint, Request
+from sanic.response import json
+
+from api import db, salad, users
+from api.auth import admin_only, authenticated
+from api.errors import ApiError, Conflict, NotFound, Unavailable, ValidationError
+from api.models import ScalingRule
+from api.queue import Principal
+from api.routes import documented, json_body
+from api.serialize import timestamp
+
+bp = Blueprint("scaling_rules")
+
+# Field → (minimum, maximum), as the original validates them.
+LIMITS = {
+    "min_replicas": (0, 500),
+    "max_replicas": (0, 500),
+    "idle_threshold_seconds": (0, 3600),
+}
+
+
+def to_dict(rule: ScalingRule) -> dict:
+    last = None
+    if rule.last_evaluated is not None:
+        last = {
+            "at": timestamp(rule.last_evaluated),
+            "count": rule.last_count,
+            "target": rule.last_target,
+            "group_status": rule.last_group_status,
+            "group_replicas": rule.last_group_replicas,
+            "action": rule.last_action,
+            "error": rule.last_error,
+        }
+    return {
+        "container_group_id": rule.container_group_id,
+        "user_id": rule.user_id,
+        "organization_name": rule.organization_name,
+        "project_name": rule.project_name,
+        "container_group_name": rule.container_group_name,
+        "min_replicas": rule.min_replicas,
+        "max_replicas": rule.max_replicas,
+        "idle_threshold_seconds": rule.idle_threshold_seconds,
+        "created": timestamp(rule.created),
+        "updated": timestamp(rule.updated),
+        "last_evaluation": last,
+    }
+
+
+def _body(request: Request, allowed: set[str]) -> dict:
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValidationError(sorted(unknown)[0], "is not a known field")
+    return body
+
+
+def _limits(body: dict, required: bool) -> dict:
+    values = {}
+    for name, (low, high) in LIMITS.items():
+        if name not in body:
+            if required:
+                raise ValidationError(name, "is required")
+            continue
+        value = body[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValidationError(name, f"must be an integer from {low} to {high}")
+        values[name] = value
+    return values
+
+
+def _check_order(min_replicas: int, max_replicas: int) -> None:
+    if min_replicas > max_replicas:
+        raise ValidationError("min_replicas", "must not be greater than max_replicas")
+
+
+def _owned(query, principal: Principal):
+    return query if principal.is_admin else query.where(ScalingRule.user == principal.user_id)
+
+
+def _get(principal: Principal, container_group_id: str) -> ScalingRule:
+    rule = _owned(ScalingRule.select(), principal).where(
+        ScalingRule.container_group_id == container_group_id).first()
+    if rule is None:
+        raise NotFound(f"no scaling rule for container group {container_group_id}")
+    return rule
+
+
+def _salad_location(principal: Principal, named_project: str | None) -> tuple[str, str]:
+    """The Salad organization and project the caller's container groups live in."""
+    user = users.get(principal.user_id)
+    org = user.org if user else None
+    # A Salad user names the project per request (in their own organization); a Kelpie-key
+    # user has it on their account.
+    project = named_project or (user.project if user else None)
+    if not org or not project:
+        raise ValidationError(
+            "container_group_id",
+            "your account has no Salad organization and project to look the container group "
+            "up in: ask the administrator to set org and project on your user",
+        )
+    return org, project
+
+
+async def _lookup_group(org: str, project: str, container_group_id: str) -> dict:
+    try:
+        group = await salad.call(salad.find_container_group, org, project, container_group_id)
+    except salad.SaladNotConfigured:
+        raise Unavailable("autoscaling is not configured on this server "
+                          "(KELPIE_SALAD_API_KEY)") from None
+    except salad.SaladNotFound:
+        group = None
+    except salad.SaladError as error:
+        if error.status in (401, 403):
+            raise ValidationError(
+                "container_group_id",
+                f"Kelpie cannot see Salad organization {org} project {project}: add the kelpie "
+                "user to your organization") from None
+        raise ApiError(f"Salad's API did not answer: {error}", status=503) from None
+    if group is None:
+        raise ValidationError("container_group_id",
+                              f"no container group {container_group_id} in Salad organization "
+                              f"{org} project {project}")
+    return group
+
+
+def _insert(rule: dict) -> ScalingRule:
+    now = db.utcnow()
+    try:
+        with db.write_transaction():
+            ScalingRule.insert(**rule, created=now, updated=now).execute()
+    except IntegrityError:
+        raise Conflict(f"container group {rule['container_group_id']} already has a scaling "
+                       "rule") from None
+    return ScalingRule.get_by_id(rule["container_group_id"])
+
+
+def _update(principal: Principal, container_group_id: str, changes: dict) -> ScalingRule:
+    with db.write_transaction():
+        rule = _get(principal, container_group_id)
+        _check_order(changes.get("min_replicas", rule.min_replicas),
+                     changes.get("max_replicas", rule.max_replicas))
+        if changes:
+            ScalingRule.update(**changes, updated=db.utcnow()).where(
+                ScalingRule.container_group_id == container_group_id).execute()
+    return ScalingRule.get_by_id(container_group_id)
+
+
+def _delete(principal: Principal, container_group_id: str) -> None:
+    rule = _get(principal, container_group_id)
+    ScalingRule.delete().where(ScalingRule.container_group_id == rule.container_group_id).execute()
+
+
+@bp.post("/scaling-rules")
+@documented("Create a scaling rule for one of your Salad container groups",
+            body="ScalingRuleCreate", responses={201: "ScalingRule"},
+            errors=(400, 401, 403, 409))
+@authenticated
+async def create_rule(request: Request):
+    body = _body(request, {"container_group_id", *LIMITS})
+    container_group_id = body.get("container_group_id")
+    if (not isinstance(container_group_id, str) or not container_group_id.strip()
+            or len(container_group_id) > 255):
+        raise ValidationError("container_group_id", "is required (a non-empty string)")
+    limits = _limits(body, required=True)
+    _check_order(limits["min_replicas"], limits["max_replicas"])
+    principal = request.ctx.principal
+    org, project = await db.run(_salad_location, principal,
+                                 request.headers.get("salad-project"))
+    group = await _lookup_group(org, project, container_group_id)
+    rule = await db.run(_insert, {
+        "container_group_id": container_group_id, "user": principal.user_id,
+        "organization_name": org, "project_name": project,
+        "container_group_name": group["name"], **limits,
+    })
+    return json(to_dict(rule), status=201)
+
+
+@bp.get("/scaling-rules")
+@documented("Your scaling rules", responses={200: "ScalingRuleList"}, errors=(401, 403))
+@authenticated
+async def list_rules(request: Request):
+    query = _owned(ScalingRule.select(), request.ctx.principal).order_by(ScalingRule.created)
+    rules = await db.run(lambda: list(query))
+    return json({"rules": [to_dict(rule) for rule in rules]})
+
+
+@bp.get("/scaling-rules/<container_group_id:str>")
+@documented("A scaling rule and its last evaluation", responses={200: "ScalingRule"},
+            errors=(401, 403, 404))
+@authenticated
+async def get_rule(request: Request, container_group_id: str):
+    rule = await db.run(_get, request.ctx.principal, container_group_id)
+    return json(to_dict(rule))
+
+
+@bp.patch("/scaling-rules/<container_group_id:str>")
+@documented("Change some of a scaling rule's limits", body="ScalingRuleUpdate",
+            responses={200: "ScalingRule"}, errors=(400, 401, 403, 404))
+@authenticated
+async def update_rule(request: Request, container_group_id: str):
+    changes = _limits(_body(request, set(LIMITS)), required=False)
+    rule = await db.run(_update, request.ctx.principal, container_group_id, changes)
+    return json(to_dict(rule))
+
+
+@bp.delete("/scaling-rules/<container_group_id:str>")
+@documented("Delete a scaling rule (the container group is left as it is)",
+            responses={200: "Message"}, errors=(401, 403, 404))
+@authenticated
+async def delete_rule(request: Request, container_group_id: str):
+    await db.run(_delete, request.ctx.principal, container_group_id)
+    return json({"message": "Scaling rule deleted"})
+
+
+@bp.delete("/scaling-rules")
+@documented("Administrator: delete every scaling rule", responses={200: "Count"},
+            errors=(401, 403))
+@admin_only
+async def delete_all_rules(request: Request):
+    count = await db.run(lambda: ScalingRule.delete().execute())
+    return json({"count": count})
