@@ -298,4 +298,9 @@ class Sender:
 
 async def webhook_sender(app) -> None:
     """Background loop of every API process: deliver the outbox."""
-    await Sender(app.ctx.settings).run()
+    try:
+        await Sender(app.ctx.settings).run()
+    except asyncio.CancelledError:
+        # The server is stopping and the sends under way are recorded: a normal end, not the
+        # "cancelled before it completed" warning Sanic logs for every shutdown otherwise.
+        return
