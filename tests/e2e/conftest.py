@@ -83,6 +83,8 @@ def agents(tmp_path, api, seaweed, imds, user_key, group):
             "KELPIE_SHUTDOWN_GRACE_S": "10",
             "KELPIE_KILL_GRACE_S": "3",
             "KELPIE_LOG_LEVEL": "INFO",
+            # Relative to the agent's work dir, so legacy jobs never touch /kelpie.
+            "INPUT_DIR": "inputs", "CHECKPOINT_DIR": "checkpoints", "OUTPUT_DIR": "outputs",
             "PYTHONUNBUFFERED": "1",
         }
         env.update({k: str(v) for k, v in overrides.items()})
