@@ -115,8 +115,12 @@ def _host_header(host: str, port: int, default_port: int) -> str:
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0,
-         deny_private: bool = False, ssl_context: ssl.SSLContext | None = None) -> Response:
+         deny_private: bool = False, allowed_hosts=(),
+         ssl_context: ssl.SSLContext | None = None) -> Response:
     """POST `body` to `url` and return the status and the first KiB of the answer.
+
+    `allowed_hosts`, when not empty, is the only host names the URL may name (checked before
+    the name is even resolved).
 
     Raises Refused (destination not allowed: nothing was sent) or OSError / http.client
     errors (network trouble: worth retrying). Blocking: call it from a thread.
@@ -127,6 +131,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.
     host = parts.hostname
     if not host:
         raise Refused("the URL has no host")
+    if allowed_hosts and host.lower() not in allowed_hosts:
+        raise Refused(f"{host} is not in KELPIE_WEBHOOK_ALLOWED_HOSTS")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:

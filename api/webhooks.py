@@ -230,7 +230,8 @@ def attempt(claimed: Claimed, settings: Settings) -> Outcome:
     }
     try:
         response = egress.post(claimed.url, body, headers, timeout=settings.webhook_timeout,
-                               deny_private=settings.webhook_deny_private)
+                               deny_private=settings.webhook_deny_private,
+                               allowed_hosts=settings.webhook_allowed_hosts)
     except egress.Refused as refusal:
         return Outcome(error=f"refused: {refusal}", permanent=True)
     except (OSError, http.client.HTTPException) as error:

@@ -458,6 +458,17 @@ def test_connects_to_the_checked_address_with_the_names_host_header(receiver, co
     assert request.path == "/hook?x=1" and request.raw == b'{"a":1}'
 
 
+def test_allowed_hosts_refuse_every_other_host_before_resolving(receiver, connections,
+                                                                  fake_dns):
+    fake_dns["hooks.example.test"] = ["127.0.0.1"]
+    allowed = ("127.0.0.1", "localhost")
+    with pytest.raises(egress.Refused, match="ALLOWED_HOSTS"):
+        egress.post(f"http://hooks.example.test:{receiver.port}/", b"{}", {},
+                    allowed_hosts=allowed)
+    assert connections == [] and receiver.received == []
+    assert egress.post(receiver.url, b"{}", {}, allowed_hosts=allowed).status == 200
+
+
 def test_only_the_first_kib_of_the_answer_is_kept(receiver):
     receiver.response_body = b"x" * 50_000
     receiver.status = 500
