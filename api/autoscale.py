@@ -166,7 +166,7 @@ async def evaluate_all() -> int:
 
 # --- The loop ---------------------------------------------------------------------------------
 
-async def loop(app) -> None:
+async def autoscaler(app) -> None:
     """Background loop of every API process; the lease lets only one of them act per tick."""
     settings = app.ctx.settings
     if not salad.is_configured():

@@ -27,7 +27,8 @@ def claim(principal: Principal, machine_id: str, container_group_id: str, thresh
     """True (and recorded) when this machine is due for its one reallocation."""
     bans = JobBan.select().where(JobBan.machine_id == machine_id,
                                  JobBan.user_id == principal.user_id).count()
-    if bans < threshold:
+    if bans < threshold or MachineReallocation.get_or_none(
+            MachineReallocation.machine_id == machine_id) is not None:
         return False
     try:
         with db.write_transaction():

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from api import autoscale
 from tests.conftest import DIALECTS, make_database_url
 from tests.support.api_process import ApiProcess
 from tests.support.net import wait_until
@@ -173,6 +174,20 @@ def test_admin_deletes_every_rule(api, salad_api, owner):
 
 
 # --- The evaluator -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, replicas, target, calls", [
+    ("running", 3, 0, [("stop",)]),
+    ("deploying", 3, 0, [("stop",)]),
+    ("stopped", 3, 0, []),
+    ("stopped", 1, 3, [("start",), ("replicas", 1, 3)]),
+    ("stopped", 3, 3, [("start",)]),
+    ("running", 5, 2, [("replicas", 5, 2)]),
+    ("running", 2, 2, []),
+    ("deploying", 1, 4, [("replicas", 1, 4)]),
+])
+def test_plan(status, replicas, target, calls):
+    assert autoscale.plan(status, replicas, target) == calls
+
 
 def test_scale_up_from_stopped_starts_then_sets_replicas(api, salad_api, owner):
     name = _name()
