@@ -86,6 +86,7 @@ class InotifyWatcher:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.watches: dict[int, Path] = {}
         self._stop_r, self._stop_w = os.pipe()
+        self._stopped = False
         self._thread = job_thread(self._run, name=f"inotify {root}")
         self._add_tree(root, announce=False)
 
@@ -93,8 +94,12 @@ class InotifyWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         os.write(self._stop_w, b"x")
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         for fd in (self.fd, self._stop_r, self._stop_w):
             os.close(fd)
 

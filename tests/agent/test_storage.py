@@ -1,0 +1,101 @@
+"""Transfers against a real SeaweedFS on loopback."""
+
+import gzip
+import os
+import re
+from concurrent.futures import Future
+
+import pytest
+
+from agent.paths import SyncRule
+from agent.storage import Fingerprint, GzipReader, Storage, TransferFailed
+
+
+def test_gzip_reader_streams_a_gzip_file(tmp_path):
+    data = os.urandom(3 * 1024 * 1024) + b"a" * 100000
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    reader = GzipReader(path)
+    chunks = []
+    while chunk := reader.read(65536):
+        chunks.append(chunk)
+    reader.close()
+    assert gzip.decompress(b"".join(chunks)) == data
+
+
+@pytest.fixture
+def storage(make_config, seaweed):
+    store = Storage(make_config(seaweed, KELPIE_MULTIPART_THRESHOLD_MB=5,
+                                KELPIE_MULTIPART_CHUNK_MB=5))
+    yield store
+    store.close()
+
+
+def test_upload_and_download_round_trip_with_multipart(storage, bucket, tmp_path):
+    source = tmp_path / "up"
+    (source / "nested").mkdir(parents=True)
+    big = os.urandom(12 * 1024 * 1024)  # above the 5 MiB threshold: three parts
+    (source / "nested" / "big.bin").write_bytes(big)
+    for i in range(30):
+        (source / f"small-{i}.txt").write_text(str(i))
+    rule = SyncRule(bucket, "rt/", source)
+    rels = ["nested/big.bin"] + [f"small-{i}.txt" for i in range(30)]
+    done = {}
+    assert storage.upload_files(rule, rels, on_done=lambda rel, fp: done.update({rel: fp})) == []
+    assert set(done) == set(rels)
+    head = storage.client.head_object(Bucket=bucket, Key="rt/nested/big.bin")
+    assert head["ContentLength"] == len(big) and "-" in head["ETag"]  # a multipart ETag
+
+    target = SyncRule(bucket, "rt/", tmp_path / "down", re.compile(r"(big|small-1\d)"))
+    fingerprints = storage.download_rule(target)
+    assert set(fingerprints) == {"nested/big.bin"} | {f"small-{i}.txt" for i in range(10, 20)}
+    assert (tmp_path / "down" / "nested" / "big.bin").read_bytes() == big
+    assert fingerprints["nested/big.bin"] == Fingerprint.of(tmp_path / "down/nested/big.bin")
+
+
+def test_compressed_round_trip(storage, bucket, tmp_path):
+    source = tmp_path / "up"
+    source.mkdir()
+    data = b"checkpoint " * 200000
+    (source / "model.ckpt").write_bytes(data)
+    rule = SyncRule(bucket, "gz/", source, compression=True)
+    assert storage.upload_files(rule, ["model.ckpt"]) == []
+    stored = storage.client.get_object(Bucket=bucket, Key="gz/model.ckpt.gz")
+    assert stored["ContentEncoding"] == "gzip"
+    assert len(stored["Body"].read()) < len(data) / 10
+
+    down = SyncRule(bucket, "gz/", tmp_path / "down", compression=True)
+    assert set(storage.download_rule(down)) == {"model.ckpt"}
+    assert (tmp_path / "down" / "model.ckpt").read_bytes() == data
+    assert not list((tmp_path / "down").glob("*.kelpie-partial"))
+
+
+def test_unsafe_keys_are_skipped_not_written(storage, bucket, tmp_path, monkeypatch):
+    listing = [{"Key": "p/../../escape.txt", "Size": 1}, {"Key": "p//etc/passwd", "Size": 1},
+               {"Key": "p/dir/", "Size": 0}]
+    monkeypatch.setattr(storage, "list_objects", lambda b, p: iter(listing))
+    rule = SyncRule(bucket, "p/", tmp_path / "in")
+    assert storage.download_rule(rule) == {}
+    assert list(tmp_path.rglob("*escape*")) == []
+
+
+def test_missing_bucket_download_fails(storage, tmp_path):
+    with pytest.raises(Exception):  # noqa: B017 - botocore's NoSuchBucket
+        storage.download_rule(SyncRule("no-such-bucket-xyz", "p/", tmp_path / "in"))
+
+
+def test_download_failure_after_retries_raises(storage, bucket, tmp_path, monkeypatch):
+    storage.client.put_object(Bucket=bucket, Key="f/a.txt", Body=b"a")
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        future = Future()
+        future.set_exception(OSError("disk on fire"))
+        return future
+
+    monkeypatch.setattr(storage.manager, "download", broken)
+    with pytest.raises(TransferFailed):
+        storage.download_rule(SyncRule(bucket, "f/", tmp_path / "in"))
+    assert len(calls) == storage.config.max_retries
