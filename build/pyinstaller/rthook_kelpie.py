@@ -18,7 +18,6 @@ the agent's own code does not need to know it is frozen.
 """
 
 import os
-import ssl
 import sys
 
 
@@ -31,7 +30,7 @@ def _drop_bootloader_environment() -> None:
         os.environ["LD_LIBRARY_PATH"] = os.environ.pop("LD_LIBRARY_PATH_ORIG")
 
 
-def _use_bundled_ca() -> None:
+def _patch_ssl(ssl) -> None:
     bundle = os.path.join(sys._MEIPASS, "botocore", "cacert.pem")
     system_lookup = ssl.SSLContext.load_default_certs
 
@@ -43,6 +42,46 @@ def _use_bundled_ca() -> None:
         return None
 
     ssl.SSLContext.load_default_certs = load_default_certs
+
+
+class _PatchingLoader:
+    """Runs the real loader of `ssl`, then patches the module before anyone can use it."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _patch_ssl(module)
+
+    def __getattr__(self, name):  # get_code, get_source, ... for tracebacks and inspect
+        return getattr(self._loader, name)
+
+
+class _SslImportHook:
+    """Patches `ssl` when it is first imported instead of importing it here: loading OpenSSL
+    costs ~40 ms, which `kelpie --version` and `--help` need not pay."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "ssl":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+def _use_bundled_ca() -> None:
+    if "ssl" in sys.modules:
+        _patch_ssl(sys.modules["ssl"])
+    else:
+        sys.meta_path.insert(0, _SslImportHook())
 
 
 _drop_bootloader_environment()

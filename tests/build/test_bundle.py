@@ -36,11 +36,14 @@ BUILD_PYTHON = REPO_ROOT / "build" / "work" / "venv" / "bin" / "python"
 FROZEN = REPO_ROOT / "build" / "work" / "pyinstaller" / "dist" / "kelpie"
 
 PROBE = """
-import json, os, ssl, sys
+import json, os, sys
 sys._MEIPASS = sys.argv[1]
 exec(compile(open(sys.argv[2]).read(), sys.argv[2], "exec"))
+ssl_loaded_by_hook = "ssl" in sys.modules
+import ssl
 import certifi
 print(json.dumps({
+    "ssl_loaded_by_hook": ssl_loaded_by_hook,
     "stats": ssl.create_default_context().cert_store_stats(),
     "pyi": sorted(name for name in os.environ if name.startswith("_PYI_")),
     "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),
@@ -69,6 +72,7 @@ def run_probe(meipass: Path, **env: str) -> dict:
 
 def test_bundled_cas_are_the_default(meipass):
     probe = run_probe(meipass)
+    assert not probe["ssl_loaded_by_hook"]  # patched when first imported, not before
     assert probe["stats"]["x509_ca"] > 100
     assert probe["where"] == str(meipass / "botocore" / "cacert.pem")
 
