@@ -282,18 +282,22 @@ class JwksKeys:
         return [k for k in self.keys or () if k.kid == kid and k.algorithm == algorithm] \
             if kid is not None else [k for k in self.keys or () if k.algorithm == algorithm]
 
+    def _wants_fetch(self, kid: str | None, algorithm: str) -> bool:
+        """No keys yet, keys past their age, or none for this token (a rotated-in kid)."""
+        return (self.keys is None
+                or time.monotonic() - self._fetched >= self.settings.salad_jwks_cache_seconds
+                or not self._find(kid, algorithm))
+
     def _may_fetch(self) -> bool:
         return time.monotonic() - self._attempted >= self.settings.salad_jwks_min_refresh_seconds
 
     async def candidates(self, kid: str | None, algorithm: str) -> list[_Key]:
         """The keys a token with this header may be verified with (refetching if the kid is
         new to us or the keys are old). Raises Unavailable when no keys were ever fetched."""
-        stale = time.monotonic() - self._fetched >= self.settings.salad_jwks_cache_seconds
-        if self.keys is None or stale or not any(k.kid == kid for k in self.keys):
+        if self._wants_fetch(kid, algorithm):
             async with self._lock:
-                stale = time.monotonic() - self._fetched >= self.settings.salad_jwks_cache_seconds
-                known = self.keys is not None and any(k.kid == kid for k in self.keys)
-                if (self.keys is None or stale or not known) and self._may_fetch():
+                # Another request may have fetched while this one waited for the lock.
+                if self._wants_fetch(kid, algorithm) and self._may_fetch():
                     await self._fetch()
         if self.keys is None:
             raise Unavailable("Salad's JWKS is unreachable; cannot verify worker tokens yet")

@@ -89,6 +89,7 @@ def fresh_identity(identity):
     yield identity
     identity.auth_failure = identity.jwks_failure = None
     identity.auth_delay = 0.0
+    identity.declare_alg = True
     if identity._server is None:
         identity.start()
 
@@ -421,6 +422,21 @@ def test_key_rotation_new_kid_is_fetched(server, identity):
     identity.remove_signing_key(new_key.kid)
     wait_until(lambda: claim(server, token, machine_id, group)[0] == 403,
                timeout=JWKS_MIN_REFRESH_S + 10, interval=0.2)
+
+
+def test_jwks_keys_without_alg_imply_it_from_their_type(server, fresh_identity):
+    # Salad may publish keys without `alg`: RSA then means RS256, EC P-256 means ES256.
+    fresh_identity.declare_alg = False
+    fetches = len(fresh_identity.jwks_calls())
+    wait_until(lambda: len(fresh_identity.jwks_calls()) > fetches or
+               claim(server, *worker(fresh_identity))[0] != 200, timeout=15, interval=0.3)
+    for kid in ("rsa-1", "ec-1"):
+        assert claim(server, *worker(fresh_identity, kid))[0] == 200
+    claims = worker_claims(ORG, machine_id="m-noalg", container_group_id="cg-noalg")
+    rsa_key = signing_key(fresh_identity, "rsa-1")
+    # Still only the implied one: an RSA key does not verify RS512 or PS256 tokens.
+    for alg in ("RS512", "PS256"):
+        assert claim(server, rsa_key.issue(claims, alg=alg), "m-noalg", "cg-noalg")[0] == 403
 
 
 def test_unknown_kids_refetch_the_jwks_at_most_once_per_interval(server, identity):
