@@ -6,18 +6,21 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from agent.version import __version__
-from api import config, db, schemas, users
+from api import autoscale, config, db, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
-from api.routes import health, jobs, work
+from api.routes import health, jobs, scaling_rules, work
 from api.routes import users as user_routes
+from api.routes import webhooks as webhook_routes
+from api.webhooks import webhook_sender
 
 log = logging.getLogger("kelpie.api")
 
 # Loops that run in the background of every API process, as `async def loop(app)`. Each one
 # must be safe to run in several processes at once (advisory lock or SKIP LOCKED claims).
-BACKGROUND_LOOPS: list = []
+BACKGROUND_LOOPS: list = [autoscale.autoscaler]
+BACKGROUND_LOOPS.append(webhook_sender)  # status webhooks: the outbox sender
 
 
 def prepare_database(settings: config.Settings) -> None:
@@ -43,13 +46,17 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     app.config.HEALTH = False
     app.ctx.settings = settings
     app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
+    # Salad API key and worker JWT verification, with their caches (one set per process).
+    app.ctx.salad_identity = salad_auth.SaladIdentity(settings)
 
     db.init(settings)
+    salad.configure(settings)
 
     Extend(app)
     _describe_openapi(app)
-    for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp):
+    for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp, scaling_rules.bp):
         app.blueprint(blueprint)
+    app.blueprint(webhook_routes.bp)
 
     @app.after_server_start
     async def start_background_loops(app):

@@ -54,6 +54,48 @@ class Settings:
     max_batch_size: int = 1000
     # Bans after which a machine is reallocated through Salad's API.
     max_failures_per_worker: int = 5
+    # Salad's public API (autoscaling, reallocation, Salad identity): where, with which key,
+    # how many calls at once, seconds per attempt, retries on 429/5xx and the first backoff.
+    salad_api_url: str = "https://api.salad.com/api/public"
+    salad_api_key: str | None = None
+    salad_api_concurrency: int = 4
+    salad_api_timeout: float = 10.0
+    salad_api_retries: int = 5
+    salad_api_backoff: float = 0.5
+    # Seconds between autoscaling ticks (one tick across all processes and replicas).
+    autoscale_interval: float = 60.0
+    # Status webhooks (api/webhooks.py): retried with exponential backoff and jitter, from
+    # retry_base up to retry_max seconds between tries, until give_up seconds after the change.
+    webhook_timeout: float = 10.0
+    webhook_retry_base: float = 5.0
+    webhook_retry_max: float = 1800.0
+    webhook_give_up: float = 24 * 3600.0
+    # How often each API process looks for due deliveries, and how many it sends at once.
+    webhook_poll_interval: float = 1.0
+    webhook_concurrency: int = 8
+    # Multi-tenant deployments: refuse loopback and private destinations too (link-local and
+    # cloud metadata addresses are always refused).
+    webhook_deny_private: bool = False
+    # When set, the only host names (or IP literals) webhooks may go to, e.g. a single-tenant
+    # deployment's own endpoints, or "127.0.0.1,localhost" in test setups. Empty: any host.
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    # Salad identity (api/salad_auth.py). Users: Salad's authentication service, called with this
+    # service's own credentials (HTTP basic auth); answers are trusted for auth_cache seconds,
+    # and for auth_stale seconds more while Salad is unreachable.
+    salad_auth_url: str | None = None
+    salad_auth_username: str | None = None
+    salad_auth_password: str | None = None
+    salad_auth_cache_seconds: float = 60.0
+    salad_auth_stale_seconds: float = 900.0
+    # Workers: the JWKS their instance-metadata JWTs are signed with. Keys are refreshed every
+    # jwks_cache seconds and on an unknown kid, but never more often than jwks_min_refresh.
+    salad_jwks_url: str = "https://matrix-rest-api.salad.com/.well-known/workload-jwks.json"
+    salad_jwks_cache_seconds: float = 3600.0
+    salad_jwks_min_refresh_seconds: float = 60.0
+    # Clock skew tolerated on exp/nbf/iat; audience and issuer are checked only when set.
+    salad_jwt_leeway_seconds: float = 30.0
+    salad_jwt_audience: str | None = None
+    salad_jwt_issuer: str | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -71,4 +113,34 @@ def load() -> Settings:
         default_heartbeat_interval=_int("KELPIE_DEFAULT_HEARTBEAT_INTERVAL_S", 30),
         max_page_size=_int("KELPIE_MAX_PAGE_SIZE", 1000),
         max_failures_per_worker=_int("MAX_FAILURES_PER_WORKER", 5),
+        salad_api_url=os.environ.get("KELPIE_SALAD_API_URL") or "https://api.salad.com/api/public",
+        salad_api_key=os.environ.get("KELPIE_SALAD_API_KEY") or None,
+        salad_api_concurrency=_int("KELPIE_SALAD_API_CONCURRENCY", 4),
+        salad_api_timeout=_float("KELPIE_SALAD_API_TIMEOUT_S", 10.0),
+        salad_api_retries=_int("KELPIE_SALAD_API_RETRIES", 5),
+        salad_api_backoff=_float("KELPIE_SALAD_API_BACKOFF_S", 0.5),
+        autoscale_interval=_float("KELPIE_AUTOSCALE_INTERVAL_S", 60.0),
+        webhook_timeout=_float("KELPIE_WEBHOOK_TIMEOUT_S", 10.0),
+        webhook_retry_base=_float("KELPIE_WEBHOOK_RETRY_BASE_S", 5.0),
+        webhook_retry_max=_float("KELPIE_WEBHOOK_RETRY_MAX_S", 1800.0),
+        webhook_give_up=_float("KELPIE_WEBHOOK_GIVE_UP_S", 24 * 3600.0),
+        webhook_poll_interval=_float("KELPIE_WEBHOOK_POLL_S", 1.0),
+        webhook_concurrency=_int("KELPIE_WEBHOOK_CONCURRENCY", 8),
+        webhook_deny_private=_bool("KELPIE_WEBHOOK_DENY_PRIVATE", False),
+        webhook_allowed_hosts=tuple(
+            host.strip().lower().strip("[]")
+            for host in os.environ.get("KELPIE_WEBHOOK_ALLOWED_HOSTS", "").split(",")
+            if host.strip()),
+        salad_auth_url=os.environ.get("KELPIE_SALAD_AUTH_URL") or None,
+        salad_auth_username=os.environ.get("KELPIE_SALAD_AUTH_USERNAME") or None,
+        salad_auth_password=os.environ.get("KELPIE_SALAD_AUTH_PASSWORD") or None,
+        salad_auth_cache_seconds=_float("KELPIE_SALAD_AUTH_CACHE_S", 60.0),
+        salad_auth_stale_seconds=_float("KELPIE_SALAD_AUTH_STALE_S", 900.0),
+        salad_jwks_url=os.environ.get("KELPIE_SALAD_JWKS_URL")
+        or "https://matrix-rest-api.salad.com/.well-known/workload-jwks.json",
+        salad_jwks_cache_seconds=_float("KELPIE_SALAD_JWKS_CACHE_S", 3600.0),
+        salad_jwks_min_refresh_seconds=_float("KELPIE_SALAD_JWKS_MIN_REFRESH_S", 60.0),
+        salad_jwt_leeway_seconds=_float("KELPIE_SALAD_JWT_LEEWAY_S", 30.0),
+        salad_jwt_audience=os.environ.get("KELPIE_SALAD_JWT_AUDIENCE") or None,
+        salad_jwt_issuer=os.environ.get("KELPIE_SALAD_JWT_ISSUER") or None,
     )

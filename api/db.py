@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlparse
 
-from peewee import SQL, DatabaseProxy, NodeList, Value, fn
+from peewee import DatabaseProxy
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from api.config import Settings
@@ -77,6 +77,10 @@ def is_postgres() -> bool:
     return isinstance(database.obj, PooledPostgresqlDatabase)
 
 
+def dialect() -> str:
+    return "postgresql" if is_postgres() else "sqlite"
+
+
 def _with_connection(func, *args, **kwargs):
     with database.connection_context():
         return func(*args, **kwargs)
@@ -111,12 +115,27 @@ def locked(query, skip_locked: bool = False):
     return query.for_update("FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE")
 
 
-def plus_seconds(moment: datetime, seconds):
-    """SQL for `moment + seconds` where `seconds` is a column or expression (a per-row interval)."""
+def insert_rows(model, rows: list[dict]) -> None:
+    """Insert many rows in one statement per chunk, bypassing Peewee's query builder.
+
+    For a batch of 1,000 jobs Peewee spends most of the request building SQL; values are still
+    converted by each field's `db_value`, so what is stored matches an ordinary insert.
+    """
+    if not rows:
+        return
+    fields = [model._meta.fields[name] for name in rows[0]]
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    table = model._meta.table_name
+    values = [tuple(field.db_value(row[field.name]) for field in fields) for row in rows]
+    cursor = database.cursor()
     if is_postgres():
-        return NodeList((Value(moment), SQL("+"), seconds, SQL("* interval '1 second'")))
-    stamp = moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return fn.strftime("%Y-%m-%d %H:%M:%f", stamp, fn.printf("+%d seconds", seconds))
+        from psycopg2.extras import execute_values
+
+        execute_values(cursor, f'INSERT INTO "{table}" ({columns}) VALUES %s', values,
+                       page_size=1000)
+    else:
+        marks = ", ".join("?" for _ in fields)
+        cursor.executemany(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})', values)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ class User(BaseModel):
     project = TextField(null=True)
     is_admin = BooleanField(default=False)
     created = DateTimeField()
+    # Signs webhook deliveries (HMAC-SHA256); made on first use, rotated by the user.
+    webhook_secret = TextField(null=True)
 
     class Meta:
         table_name = "users"
@@ -125,6 +127,87 @@ class JobEvent(BaseModel):
 
     class Meta:
         table_name = "job_events"
+
+
+class WebhookDelivery(BaseModel):
+    """One status notification in the outbox, and how its delivery is going."""
+
+    id = AutoField()
+    job_id = TextField()
+    user_id = TextField()
+    url = TextField()
+    job_status = CharField()
+    # The exact bytes that are signed and sent, fixed when the notification is written.
+    body = TextField()
+    status = CharField()  # pending | delivered | failed
+    created = DateTimeField()
+    next_attempt = DateTimeField()
+    attempts = IntegerField(default=0)
+    last_attempt = DateTimeField(null=True)
+    last_response_code = IntegerField(null=True)
+    last_response_body = TextField(null=True)
+    last_error = TextField(null=True)
+    delivered = DateTimeField(null=True)
+    # A sender owns the row until lease_until; its result counts only with its lease_token.
+    lease_until = DateTimeField(null=True)
+    lease_token = TextField(null=True)
+
+    class Meta:
+        table_name = "webhook_deliveries"
+
+
+class ScalingRule(BaseModel):
+    """How many replicas a container group should run for its owner's job volume, and what the
+    autoscaler last saw and did."""
+
+    container_group_id = TextField(primary_key=True)
+    user = ForeignKeyField(User, column_name="user_id", on_delete="CASCADE")
+    # Salad addresses a container group by organization, project and name, not by id.
+    organization_name = TextField()
+    project_name = TextField()
+    container_group_name = TextField()
+    min_replicas = IntegerField()
+    max_replicas = IntegerField()
+    idle_threshold_seconds = IntegerField()
+    created = DateTimeField()
+    updated = DateTimeField()
+    last_evaluated = DateTimeField(null=True)
+    last_count = IntegerField(null=True)
+    last_target = IntegerField(null=True)
+    last_group_status = TextField(null=True)
+    last_group_replicas = IntegerField(null=True)
+    last_action = TextField(null=True)
+    last_error = TextField(null=True)
+
+    class Meta:
+        table_name = "scaling_rules"
+
+
+class LoopLease(BaseModel):
+    """Which process runs a background loop's current tick (see api/autoscale.py)."""
+
+    name = TextField(primary_key=True)
+    due = DateTimeField()
+    busy_until = DateTimeField(null=True)
+    holder = TextField(null=True)
+
+    class Meta:
+        table_name = "loop_leases"
+
+
+class MachineReallocation(BaseModel):
+    """A machine banned from too many jobs, reallocated once through Salad's API."""
+
+    machine_id = TextField(primary_key=True)
+    user_id = TextField()
+    container_group_id = TextField()
+    requested = DateTimeField()
+    outcome = TextField()  # requested | reallocated | failed
+    error = TextField(null=True)
+    finished = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "machine_reallocations"
 
 
 class SchemaMigration(BaseModel):

@@ -10,9 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from peewee import SQL, fn
-
-from api import db, webhooks
+from api import db, sql, webhooks
 from api.errors import Conflict, NotFound
 from api.models import Job, JobBan, JobEvent
 
@@ -23,9 +21,6 @@ FAILED = "failed"
 CANCELED = "canceled"
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)
 FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
-
-# Rows per INSERT when a batch is written: well under SQLite's bound-parameter limit.
-INSERT_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,9 @@ def submit(principal: Principal, specs: list[dict]) -> list[Job]:
             "created": now,
         })
     with db.write_transaction():
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start:start + INSERT_CHUNK]
-            Job.insert_many(chunk).execute()
-            JobEvent.insert_many(
-                [{"job": row["id"], "at": now, "kind": "created", "status": PENDING}
-                 for row in chunk]
-            ).execute()
+        db.insert_rows(Job, rows)
+        db.insert_rows(JobEvent, [{"job": row["id"], "at": now, "kind": "created",
+                                   "status": PENDING} for row in rows])
     return [Job(**row) for row in rows]
 
 
@@ -112,43 +103,27 @@ def events(principal: Principal, job_id: str) -> list[JobEvent]:
 
 # --- The worker protocol ----------------------------------------------------------------------
 
-def _claimable(principal: Principal, machine_id: str, container_group_id: str | None):
-    banned = JobBan.select(SQL("1")).where(
-        (JobBan.job == Job.id) & (JobBan.machine_id == machine_id))
-    query = (Job.select(Job.id, Job.status, Job.machine_id, Job.heartbeat_interval,
-                        Job.num_attempts)
-             .where(Job.user == principal.user_id, ~fn.EXISTS(banned)))
-    if container_group_id is None:
-        return query.where(Job.container_group_id.is_null())
-    return query.where(Job.container_group_id == container_group_id)
-
-
 def claim(principal: Principal, machine_id: str, container_group_id: str | None) -> Job | None:
     """Assign the next job to `machine_id`: the oldest running job whose heartbeats stopped,
     else the oldest pending one, never one this machine is banned from."""
     now = db.utcnow()
     with db.write_transaction():
-        base = _claimable(principal, machine_id, container_group_id)
-        stale = (base.where(Job.status == RUNNING, Job.lease_expires < now)
-                 .order_by(Job.lease_expires).limit(1))
-        candidate = db.locked(stale, skip_locked=True).first()
-        if candidate is None:
-            pending = base.where(Job.status == PENDING).order_by(Job.created, Job.id).limit(1)
-            candidate = db.locked(pending, skip_locked=True).first()
-        if candidate is None:
+        row = db.database.execute_sql(*sql.claim_candidate(
+            db.dialect(), principal.user_id, machine_id, container_group_id, now)).fetchone()
+        if row is None:
             return None
-        if candidate.status == RUNNING:
-            _event(candidate.id, "heartbeat_lost", RUNNING, machine_id=candidate.machine_id,
-                   attempt=candidate.num_attempts, at=now,
-                   reason=f"no heartbeat from {candidate.machine_id}; handed to {machine_id}")
-        attempt = candidate.num_attempts + 1
+        _, job_id, previous_status, previous_machine, heartbeat_interval, attempts = row
+        if previous_status == RUNNING:
+            _event(job_id, "heartbeat_lost", RUNNING, machine_id=previous_machine,
+                   attempt=attempts, at=now,
+                   reason=f"no heartbeat from {previous_machine}; handed to {machine_id}")
         Job.update(
             status=RUNNING, machine_id=machine_id, started=now, heartbeat=now,
-            lease_expires=now + timedelta(seconds=2 * candidate.heartbeat_interval),
-            num_attempts=attempt,
-        ).where(Job.id == candidate.id).execute()
-        _event(candidate.id, "assigned", RUNNING, machine_id=machine_id, attempt=attempt, at=now)
-        job = Job.get_by_id(candidate.id)
+            lease_expires=now + timedelta(seconds=2 * heartbeat_interval),
+            num_attempts=attempts + 1,
+        ).where(Job.id == job_id).execute()
+        _event(job_id, "assigned", RUNNING, machine_id=machine_id, attempt=attempts + 1, at=now)
+        job = Job.get_by_id(job_id)
         webhooks.enqueue(job, RUNNING, now)
         return job
 
@@ -158,14 +133,10 @@ def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
 
     A machine that no longer holds the job is told `canceled`, so a zombie stops its copy.
     """
-    now = db.utcnow()
-    updated = _owned(Job.update(
-        heartbeat=now,
-        lease_expires=db.plus_seconds(now, Job.heartbeat_interval * 2),
-        num_heartbeats=Job.num_heartbeats + 1,
-    ), principal).where(Job.id == job_id, Job.machine_id == machine_id,
-                        Job.status == RUNNING).execute()
-    if updated:
+    owner = None if principal.is_admin else principal.user_id
+    cursor = db.database.execute_sql(*sql.heartbeat(db.dialect(), job_id, machine_id, owner,
+                                                     db.utcnow()))
+    if cursor.rowcount == 1:
         return RUNNING
     job = _owned(Job.select(Job.status, Job.machine_id), principal).where(Job.id == job_id).first()
     if job is None:

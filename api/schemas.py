@@ -95,6 +95,44 @@ JOB = {
     },
 }
 
+SCALING_LIMITS = {
+    "min_replicas": {"type": "integer", "minimum": 0, "maximum": 500},
+    "max_replicas": {"type": "integer", "minimum": 0, "maximum": 500,
+                     "description": "At least min_replicas."},
+    "idle_threshold_seconds": {"type": "integer", "minimum": 0, "maximum": 3600,
+                               "description": "Jobs finished this recently still count."},
+}
+
+SCALING_RULE = {
+    "type": "object",
+    "required": ["container_group_id", "min_replicas", "max_replicas", "idle_threshold_seconds"],
+    "properties": {
+        "container_group_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "organization_name": {"type": "string"},
+        "project_name": {"type": "string"},
+        "container_group_name": {"type": "string"},
+        **SCALING_LIMITS,
+        "created": TIMESTAMP,
+        "updated": TIMESTAMP,
+        "last_evaluation": {
+            "type": "object", "nullable": True,
+            "description": "The autoscaler's last look at this group (null before the first).",
+            "properties": {
+                "at": TIMESTAMP,
+                "count": {"type": "integer", "description": "Pending, running and recently "
+                                                            "finished jobs."},
+                "target": {"type": "integer", "description": "count clamped to the limits."},
+                "group_status": NULLABLE_STRING,
+                "group_replicas": {"type": "integer", "nullable": True},
+                "action": {"type": "string", "nullable": True,
+                           "description": "What was done: none, stopped, started, replicas a -> b."},
+                "error": NULLABLE_STRING,
+            },
+        },
+    },
+}
+
 COMPONENTS = {
     "Error": {
         "type": "object",
@@ -138,7 +176,10 @@ COMPONENTS = {
         "type": "object",
         "properties": {
             "id": {"type": "integer"}, "job_id": {"type": "string"}, "at": TIMESTAMP,
-            "kind": {"type": "string"}, "status": STATUS, "machine_id": NULLABLE_STRING,
+            "kind": {"type": "string", "enum": [
+                "created", "assigned", "heartbeat_lost", "attempt_failed", "requeued", "failed",
+                "completed", "canceled", "purged"]},
+            "status": STATUS, "machine_id": NULLABLE_STRING,
             "attempt": {"type": "integer", "nullable": True},
             "exit_code": {"type": "integer", "nullable": True}, "reason": NULLABLE_STRING,
         },
@@ -166,9 +207,74 @@ COMPONENTS = {
                                             "description": "Shown once; store it now."}}}],
     },
     "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    "ScalingRuleCreate": {
+        "type": "object",
+        "required": ["container_group_id", "min_replicas", "max_replicas",
+                     "idle_threshold_seconds"],
+        "properties": {"container_group_id": {"type": "string", "minLength": 1},
+                       **SCALING_LIMITS},
+        "additionalProperties": False,
+    },
+    "ScalingRuleUpdate": {"type": "object", "properties": SCALING_LIMITS,
+                          "additionalProperties": False},
+    "ScalingRule": SCALING_RULE,
+    "ScalingRuleList": {"type": "object", "required": ["rules"],
+                        "properties": {"rules": {"type": "array", "items": {
+                            "$ref": "#/components/schemas/ScalingRule"}}}},
     "Health": {"type": "object", "properties": {"status": {"type": "string"},
                                                 "database": {"type": "string"}}},
 }
+
+
+# Status webhooks (api/webhooks.py, api/routes/webhooks.py).
+WEBHOOK_COMPONENTS = {
+    "WebhookBody": {
+        "type": "object",
+        "description": "What is POSTed to a job's webhook URL, signed in X-Kelpie-Signature: "
+                       "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\"> with your "
+                       "webhook secret. X-Kelpie-Delivery is the same on every retry.",
+        "required": ["status", "job_id", "machine_id", "container_group_id", "attempt",
+                     "timestamp"],
+        "properties": {
+            "status": {"type": "string", "enum": ["running", "completed", "failed", "canceled"]},
+            "job_id": {"type": "string"},
+            "machine_id": NULLABLE_STRING,
+            "container_group_id": NULLABLE_STRING,
+            "attempt": {"type": "integer", "description": "The job's attempt number (1 = first run)."},
+            "timestamp": {**TIMESTAMP, "nullable": False,
+                          "description": "When the job changed status."},
+        },
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer", "description": "Sent as X-Kelpie-Delivery."},
+            "job_id": {"type": "string"},
+            "job_status": {"type": "string", "enum": ["running", "completed", "failed", "canceled"]},
+            "url": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"],
+                       "description": "failed: given up (too old, or the destination is refused)."},
+            "attempts": {"type": "integer"},
+            "created": TIMESTAMP,
+            "last_attempt": TIMESTAMP,
+            "last_response_code": {"type": "integer", "nullable": True},
+            "last_response_body": {"type": "string", "nullable": True,
+                                   "description": "At most the first 1 KiB."},
+            "last_error": NULLABLE_STRING,
+            "next_retry": {**TIMESTAMP, "description": "Null unless pending."},
+            "delivered": TIMESTAMP,
+            "body": {"$ref": "#/components/schemas/WebhookBody"},
+        },
+    },
+    "WebhookDeliveryList": {
+        "type": "object", "required": ["deliveries"],
+        "properties": {"deliveries": {"type": "array",
+                                      "items": {"$ref": "#/components/schemas/WebhookDelivery"}}},
+    },
+    "WebhookSecret": {"type": "object", "required": ["secret"],
+                      "properties": {"secret": {"type": "string"}}},
+}
+COMPONENTS.update(WEBHOOK_COMPONENTS)
 
 
 def ref(name: str) -> Reference:

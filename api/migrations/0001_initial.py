@@ -50,7 +50,7 @@ def up(dialect: str) -> list[str]:
             compression BOOLEAN NOT NULL DEFAULT FALSE
         )""",
         # The claim: a user's pending jobs of one container group, oldest first.
-        "CREATE INDEX jobs_claim ON jobs (user_id, container_group_id, status, created)",
+        "CREATE INDEX jobs_claim ON jobs (user_id, container_group_id, status, created, id)",
         # Reclaiming: running jobs whose lease ran out.
         "CREATE INDEX jobs_lease ON jobs (status, lease_expires)",
         # Listing: newest (or oldest) first per user.

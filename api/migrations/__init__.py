@@ -34,7 +34,7 @@ def discover() -> list[tuple[int, str, object]]:
 
 def apply_all() -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
-    dialect = "postgresql" if db.is_postgres() else "sqlite"
+    dialect = db.dialect()
     applied_now = []
     database = db.database
     with database.connection_context(), db.advisory_lock(MIGRATION_LOCK_KEY):

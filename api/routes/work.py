@@ -5,7 +5,7 @@ from sanic.response import json
 from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import String
 
-from api import db, queue, serialize
+from api import db, fields, queue, reallocation, serialize
 from api.auth import authenticated
 from api.errors import Forbidden, ValidationError
 from api.routes import documented, json_body
@@ -19,12 +19,9 @@ def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[
     A caller authenticated by a worker token may only speak for the machine and container
     group the token names.
     """
-    if not isinstance(machine_id, str) or not machine_id.strip() or len(machine_id) > 255:
-        raise ValidationError("machine_id", "is required (a non-empty string)")
-    if container_group_id is not None and (
-            not isinstance(container_group_id, str) or len(container_group_id) > 255):
-        raise ValidationError("container_group_id", "must be a string")
-    container_group_id = container_group_id or None
+    machine_id = fields.text(machine_id, "machine_id", max_length=255)
+    container_group_id = fields.text(container_group_id, "container_group_id", required=False,
+                                     max_length=255) or None
     principal = request.ctx.principal
     if principal.machine_id is not None and principal.machine_id != machine_id:
         raise Forbidden("machine_id does not match the worker token")
@@ -53,40 +50,44 @@ def _report(request: Request) -> dict:
 async def get_work(request: Request):
     machine_id, container_group_id = _worker_identity(
         request, request.args.get("machine_id"), request.args.get("container_group_id"))
+    # A machine banned from too many jobs gets no more: it is being moved elsewhere.
+    if await reallocation.on_work_request(request.app, request.ctx.principal, machine_id,
+                                          container_group_id):
+        return json([])
     job = await db.run(queue.claim, request.ctx.principal, machine_id, container_group_id)
     return json([] if job is None else [serialize.job(job)])
 
 
-@bp.post("/jobs/<job_id:str>/heartbeat")
+@bp.post("/jobs/<job_id:uuid>/heartbeat")
 @documented("Heartbeat; answers the status the worker should act on",
             body="WorkerReport", responses={200: "HeartbeatResponse"},
             errors=(400, 401, 403, 404))
 @authenticated
-async def heartbeat(request: Request, job_id: str):
+async def heartbeat(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
-    status = await db.run(queue.heartbeat, request.ctx.principal, job_id, machine_id)
+    status = await db.run(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
     return json({"status": status})
 
 
-@bp.post("/jobs/<job_id:str>/completed")
+@bp.post("/jobs/<job_id:uuid>/completed")
 @documented("Report that the job finished and its outputs are uploaded",
             body="WorkerReport", responses={200: "Message"}, errors=(400, 401, 403, 404, 409))
 @authenticated
-async def completed(request: Request, job_id: str):
+async def completed(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
-    await db.run(queue.complete, request.ctx.principal, job_id, machine_id)
+    await db.run(queue.complete, request.ctx.principal, str(job_id), machine_id)
     return json({"message": "Job completed"})
 
 
-@bp.post("/jobs/<job_id:str>/failed")
+@bp.post("/jobs/<job_id:uuid>/failed")
 @documented("Report a failed attempt (non-zero exit or failed upload)",
             body="FailureReport", responses={202: "Message"}, errors=(400, 401, 403, 404, 409))
 @authenticated
-async def failed(request: Request, job_id: str):
+async def failed(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
@@ -95,8 +96,7 @@ async def failed(request: Request, job_id: str):
                                   or not -(2**31) <= exit_code < 2**31):
         raise ValidationError("exit_code", "must be an integer")
     reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationError("reason", "must be a string")
-    await db.run(queue.fail, request.ctx.principal, job_id, machine_id,
+    reason = fields.text(reason, "reason", required=False, max_length=100_000)
+    await db.run(queue.fail, request.ctx.principal, str(job_id), machine_id,
                  exit_code=exit_code, reason=(reason or None) and reason[:2000])
     return json({"message": "Job failure recorded"}, status=202)
