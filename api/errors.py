@@ -4,7 +4,7 @@
 import logging
 
 from sanic import Request
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import json
 
@@ -65,6 +65,11 @@ class Unavailable(ApiError):
 class JsonErrorHandler(ErrorHandler):
     def default(self, request: Request, exception: Exception):
         status = getattr(exception, "status_code", 500) or 500
+        if isinstance(exception, RequestCancelled):
+            # The client hung up mid-request (a load balancer timeout, a worker killed): normal
+            # on interruptible nodes, and nobody is left to answer.
+            log.debug("request cancelled by the client: %s %s", request.method, request.path)
+            return json({"error": "cancelled", "message": "client disconnected"}, status=499)
         if status >= 500 and not isinstance(exception, ApiError):
             log.exception("unhandled error on %s %s", request.method, request.path,
                           exc_info=exception)
