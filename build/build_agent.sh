@@ -83,9 +83,14 @@ rm -rf "$WORK/pyinstaller"
   --distpath "$WORK/pyinstaller/dist" --workpath "$WORK/pyinstaller/work" pyinstaller.spec
 
 log "making it independent of the host's C library with staticx"
+# glibc dlopen()s libgcc_s when a thread exits through pthread_exit (Python does that to daemon
+# threads still running at interpreter shutdown). staticx only sees linked libraries, so without
+# this an agent stopping in an image with no libgcc_s aborts instead of exiting 0.
+libgcc=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')
+libgcc=${libgcc:-/lib/x86_64-linux-gnu/libgcc_s.so.1}
 mkdir -p dist
 rm -f "$OUT.tmp"
-"$VENV/bin/staticx" --no-compress "$WORK/pyinstaller/dist/kelpie" "$OUT.tmp"
+"$VENV/bin/staticx" --no-compress -l "$libgcc" "$WORK/pyinstaller/dist/kelpie" "$OUT.tmp"
 chmod 0755 "$OUT.tmp"
 
 # Never leave a binary that cannot even start where `make` and the release look for one.

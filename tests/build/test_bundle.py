@@ -133,3 +133,14 @@ def test_frozen_archive_holds_only_what_the_agent_needs():
                 if name.startswith("botocore/data/") and name.count("/") > 2}
     assert services <= SERVICES
     assert not [name for name in names if name.startswith(("api/", "sanic", "peewee"))]
+
+
+@pytest.mark.skipif(not BUILD_PYTHON.exists(), reason="no build venv (run build/build_agent.sh)")
+def test_staticx_stage_carries_glibc_and_libgcc(kelpie_binary, tmp_path):
+    """The outer stage holds the C library and loader, and libgcc_s, which glibc only
+    dlopen()s when a thread exits (without it the agent aborts at shutdown in images that lack
+    it, as the empty-root job test once showed)."""
+    subprocess.run([str(BUILD_PYTHON.parent / "sx-extract"), str(kelpie_binary), str(tmp_path)],
+                   capture_output=True, timeout=120, check=True)
+    names = set(os.listdir(tmp_path))
+    assert {"libc.so.6", "ld-linux-x86-64.so.2", "libgcc_s.so.1"} <= names
