@@ -277,6 +277,7 @@ class JwksKeys:
         self._fetched = 0.0    # monotonic time of the last successful fetch
         self._attempted = float("-inf")  # ... of the last attempt, successful or not
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Future | None = None  # the background refresh, kept referenced
 
     def _find(self, kid: str | None, algorithm: str) -> list[_Key]:
         return [k for k in self.keys or () if k.kid == kid and k.algorithm == algorithm] \
@@ -295,13 +296,23 @@ class JwksKeys:
         """The keys a token with this header may be verified with (refetching if the kid is
         new to us or the keys are old). Raises Unavailable when no keys were ever fetched."""
         if self._wants_fetch(kid, algorithm):
-            async with self._lock:
-                # Another request may have fetched while this one waited for the lock.
-                if self._wants_fetch(kid, algorithm) and self._may_fetch():
-                    await self._fetch()
+            if self._find(kid, algorithm):
+                # Only old keys: refresh in the background and answer from the cache now, so a
+                # slow or hanging JWKS endpoint never holds a worker's request.
+                if not self._lock.locked() and self._may_fetch():
+                    self._refresh = asyncio.ensure_future(self._fetch_locked())
+            else:
+                await self._fetch_locked(kid, algorithm)
         if self.keys is None:
             raise Unavailable("Salad's JWKS is unreachable; cannot verify worker tokens yet")
         return self._find(kid, algorithm)
+
+    async def _fetch_locked(self, kid: str | None = None, algorithm: str | None = None) -> None:
+        async with self._lock:
+            # Another request may have fetched while this one waited for the lock.
+            wanted = algorithm is None or self._wants_fetch(kid, algorithm)
+            if wanted and self._may_fetch():
+                await self._fetch()
 
     async def _fetch(self) -> None:
         self._attempted = time.monotonic()

@@ -88,7 +88,7 @@ def fresh_identity(identity):
     """The identity stand-in, healthy again after the test whatever the test did to it."""
     yield identity
     identity.auth_failure = identity.jwks_failure = None
-    identity.auth_delay = 0.0
+    identity.auth_delay = identity.jwks_delay = 0.0
     identity.declare_alg = True
     if identity._server is None:
         identity.start()
@@ -464,6 +464,25 @@ def test_cached_jwks_keys_keep_working_while_the_jwks_endpoint_is_down(server, f
     for kid in ("rsa-1", "ec-1"):
         token, machine_id, group = worker(fresh_identity, kid)
         assert claim(server, token, machine_id, group)[0] == 200
+
+
+def test_a_hanging_jwks_endpoint_does_not_hold_workers(server, fresh_identity):
+    token, machine_id, group = worker(fresh_identity, "rsa-1")
+    assert claim(server, token, machine_id, group)[0] == 200
+    fresh_identity.jwks_delay = 5.0
+    fetches = len(fresh_identity.jwks_calls())
+    # Keys older than KELPIE_SALAD_JWKS_CACHE_S are refreshed in the background: requests are
+    # answered from the cache while the refresh hangs.
+    deadline = time.monotonic() + JWKS_MIN_REFRESH_S + 5
+    while len(fresh_identity.jwks_calls()) == fetches and time.monotonic() < deadline:
+        started = time.monotonic()
+        assert claim(server, token, machine_id, group)[0] == 200
+        assert time.monotonic() - started < 2.0
+        time.sleep(0.2)
+    assert len(fresh_identity.jwks_calls()) > fetches, "no refresh was attempted"
+    started = time.monotonic()
+    assert claim(server, token, machine_id, group)[0] == 200
+    assert time.monotonic() - started < 2.0
 
 
 def test_jwt_without_any_reachable_jwks_is_503_then_recovers(database_url, identity,

@@ -117,8 +117,9 @@ class FakeSaladIdentity:
         # When set, the endpoint answers this status instead of working (a simulated outage).
         self.auth_failure: int | None = None
         self.jwks_failure: int | None = None
-        # Seconds the authentication service takes to answer (a slow Salad).
+        # Seconds the authentication service / the JWKS take to answer (a slow Salad).
         self.auth_delay = 0.0
+        self.jwks_delay = 0.0
         self.calls: list[dict] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -178,6 +179,8 @@ class FakeSaladIdentity:
                      "is_entitled": bool(org_valid and orgs[org])}
 
     def _jwks(self) -> tuple[int, dict]:
+        if self.jwks_delay:
+            time.sleep(self.jwks_delay)
         if self.jwks_failure:
             return self.jwks_failure, {"error": "simulated outage"}
         return 200, self.jwks()
