@@ -15,11 +15,12 @@ ERROR_RESPONSES = {
     403: "Invalid credentials, or not allowed",
     404: "No such resource (or it belongs to another user)",
     409: "Conflicts with the job's current state",
+    503: "Salad's identity services are unreachable and nothing is cached",
 }
 
 
 def documented(summary: str, *, responses: dict[int, str | None], body: str | None = None,
-               parameters: list[Parameter] | None = None, errors=(400, 401, 403),
+               parameters: list[Parameter] | None = None, errors=(400,),
                tag: str | None = None, secured: bool = True):
     """OpenAPI for a route: the success responses (status → schema name) and its errors."""
     response_list = [
@@ -27,10 +28,14 @@ def documented(summary: str, *, responses: dict[int, str | None], body: str | No
                  description=summary)
         for status, schema in responses.items()
     ]
+    if secured:
+        # Any authenticated route can answer these: a missing Salad header (400), no or bad
+        # credentials (401/403), Salad's identity services down (503).
+        errors = {*errors, 400, 401, 403, 503}
     response_list += [
         Response({"application/json": ref("Error")}, status=status,
                  description=ERROR_RESPONSES[status])
-        for status in errors
+        for status in sorted(errors)
     ]
     kwargs = {}
     if body:

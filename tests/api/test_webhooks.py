@@ -26,6 +26,8 @@ FAST = {
     "KELPIE_WEBHOOK_RETRY_BASE_S": "0.1",
     "KELPIE_WEBHOOK_RETRY_MAX_S": "0.4",
     "KELPIE_WEBHOOK_TIMEOUT_S": "3",
+    # This module tests the address checks themselves, so no host allowlist in front of them.
+    "KELPIE_WEBHOOK_ALLOWED_HOSTS": "",
 }
 
 

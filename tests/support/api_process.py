@@ -39,6 +39,14 @@ class ApiProcess:
             "DATABASE_URL": self.database_url,
             "KELPIE_ADMIN_KEY": self.admin_key,
             "AWS_EC2_METADATA_DISABLED": "true",
+            # Tests never send webhooks anywhere but loopback, whatever URL a job (or the
+            # fuzzer) gives; a test of the address checks themselves overrides this.
+            "KELPIE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # Salad's services default to their real addresses; point them at a closed loopback
+            # port so no test can leave the machine. Tests of them pass their stand-ins.
+            "KELPIE_SALAD_API_URL": "http://127.0.0.1:9/api/public",
+            "KELPIE_SALAD_AUTH_URL": "http://127.0.0.1:9/auth",
+            "KELPIE_SALAD_JWKS_URL": "http://127.0.0.1:9/jwks.json",
             **self.extra_env,
         }
         # The child keeps its own copy of the descriptor; ours is closed right after Popen.
