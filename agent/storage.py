@@ -1,11 +1,13 @@
 """S3 transfers on botocore + s3transfer: parallel files, multipart for large ones, streaming gzip.
 
-One `Storage` per agent: one botocore client and one s3transfer TransferManager shared by every
-transfer, so connections are reused and `KELPIE_TRANSFER_CONCURRENCY` bounds the whole agent.
-Compressed uploads are gzip-compressed while they stream out of the file, and compressed downloads
-are decompressed while they stream in, so no temporary copy is ever written.
+One `Storage` per agent: one botocore client, one thread pool and one s3transfer TransferManager
+shared by every transfer, so connections are reused and `KELPIE_TRANSFER_CONCURRENCY` /
+`KELPIE_PART_CONCURRENCY` bound the whole agent.
+Large compressed uploads are gzip-compressed while they stream out of the file, and compressed
+downloads are decompressed while they stream in, so no temporary copy is ever written.
 """
 
+import gzip
 import os
 import threading
 import time
@@ -24,6 +26,7 @@ from agent import log as agent_log
 from agent import retry
 from agent.config import Config
 from agent.paths import GZIP_SUFFIX, SyncRule, UnsafeKey
+from agent.s3fast import FastS3
 
 log = agent_log.get_logger(__name__)
 
@@ -31,6 +34,9 @@ PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # transfers this large log their progress
 PROGRESS_EVERY_S = 2.0
 READ_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".kelpie-partial"
+MAX_PARTS = 10000  # S3's limit on parts per multipart upload
+# Small PUTs on the lean path hold the file in memory: cap it so 32 of them stay modest.
+FAST_PUT_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,15 @@ class TransferListener:
     def finished(self, kind: str, bucket: str, key: str) -> None: ...
 
 
-def make_s3_client(config: Config):
-    session = botocore.session.get_session()
+def make_s3_client(config: Config, session=None):
+    session = session or botocore.session.get_session()
     addressing = config.s3_addressing_style
     if addressing == "auto":
         # Custom endpoints (SeaweedFS, MinIO) rarely have wildcard DNS: path style always works.
         addressing = "path" if config.s3_endpoint_url else "auto"
     boto_config = BotoConfig(
         region_name=config.s3_region,
-        max_pool_connections=config.transfer_concurrency + 4,
+        max_pool_connections=config.transfer_concurrency + config.part_concurrency + 4,
         retries={"max_attempts": config.max_retries, "mode": "standard"},
         s3={"addressing_style": addressing},
         connect_timeout=10,
@@ -83,6 +89,20 @@ def make_s3_client(config: Config):
     return session.create_client(
         "s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
         verify=config.s3_ca_bundle if config.s3_ca_bundle else None)
+
+
+def _fast_client(config: Config, session) -> FastS3 | None:
+    """The lean client for small objects, where it applies: a custom endpoint addressed
+    path-style (SeaweedFS, MinIO, R2, ...) and credentials to sign with."""
+    if not config.fast_small_transfers or not config.s3_endpoint_url:
+        return None
+    if config.s3_addressing_style == "virtual":
+        return None
+    credentials = session.get_credentials()
+    if credentials is None:
+        return None
+    return FastS3(config.s3_endpoint_url, config.s3_region, credentials,
+                  pool_size=config.transfer_concurrency + 4, ca_bundle=config.s3_ca_bundle)
 
 
 class GzipReader:
@@ -113,7 +133,8 @@ class GzipReader:
 
 
 class _Progress(BaseSubscriber):
-    """Logs bytes done / total / rate of one large transfer every few seconds."""
+    """Logs bytes done / total / rate of one large transfer every few seconds (an s3transfer
+    subscriber for downloads, called directly by our multipart uploads)."""
 
     def __init__(self, kind: str, key: str, size: int | None):
         self.kind, self.key, self.size = kind, key, size
@@ -140,28 +161,38 @@ class _Progress(BaseSubscriber):
 
 
 class Storage:
+    """Small files (below the multipart threshold) go through a plain thread pool, one request
+    each: s3transfer's per-file machinery (extra threads, a HEAD per download, an IO queue)
+    costs more than the transfer itself at that size. Large files go up as our own parallel
+    multipart upload and come down as s3transfer's parallel ranged GETs."""
+
     def __init__(self, config: Config, listener: TransferListener | None = None):
         self.config = config
-        self.client = make_s3_client(config)
+        session = botocore.session.get_session()
+        self.client = make_s3_client(config, session)
+        self.fast = _fast_client(config, session)
         self.listener = listener or TransferListener()
+        self.threshold = config.multipart_threshold
         self.transfer_config = TransferConfig(
             multipart_threshold=config.multipart_threshold,
             multipart_chunksize=config.multipart_chunksize,
-            max_request_concurrency=config.transfer_concurrency,
-            max_submission_concurrency=max(2, config.transfer_concurrency // 2),
-            max_in_memory_upload_chunks=config.transfer_concurrency,
-            max_in_memory_download_chunks=config.transfer_concurrency * 4,
+            max_request_concurrency=config.part_concurrency,
+            max_submission_concurrency=2,
+            max_in_memory_upload_chunks=config.part_concurrency * 2,
+            max_in_memory_download_chunks=config.part_concurrency * 8,
             io_chunksize=READ_CHUNK,
             num_download_attempts=config.max_retries,
         )
         self.manager = TransferManager(self.client, self.transfer_config)
-        # Streaming (compressed) downloads are ours rather than s3transfer's.
-        self.stream_pool = ThreadPoolExecutor(config.transfer_concurrency,
-                                              thread_name_prefix="kelpie-stream")
+        self.pool = ThreadPoolExecutor(config.transfer_concurrency,
+                                       thread_name_prefix="kelpie-transfer")
+        self.part_pool = ThreadPoolExecutor(config.part_concurrency,
+                                            thread_name_prefix="kelpie-part")
 
     def close(self) -> None:
         self.manager.shutdown()
-        self.stream_pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.part_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- listing and deleting ---
 
@@ -205,17 +236,21 @@ class Storage:
         pending = list(plans)
         for attempt in range(1, self.config.max_retries + 1):
             futures = {}
-            for key, size, local_rel, path, maybe_compressed in pending:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            made: set[Path] = set()
+            for plan in pending:
+                key, size, _, path, maybe_compressed = plan
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
                 self.listener.started("download", rule.bucket, key, size)
-                if maybe_compressed:
-                    future = agent_log.submit(self.stream_pool, self._download_maybe_gzip,
-                                              rule.bucket, key, path, rule)
+                if maybe_compressed or size is None or size < self.threshold:
+                    future = agent_log.submit(self.pool, self._get_to_file,
+                                              rule, key, path, maybe_compressed)
                 else:
                     future = self.manager.download(
                         rule.bucket, key, str(path),
                         subscribers=[_Progress("download", key, size)])
-                futures[future] = (key, size, local_rel, path, maybe_compressed)
+                futures[future] = plan
             failed = []
             for future, plan in futures.items():
                 key, _, local_rel, path, _ = plan
@@ -228,9 +263,10 @@ class Storage:
                     continue
                 finally:
                     self.listener.finished("download", rule.bucket, key)
-                written_rel, written_path = written if isinstance(written, tuple) else (
-                    local_rel, path)
-                fingerprints[written_rel] = Fingerprint.of(written_path)
+                if isinstance(written, tuple):  # from _get_to_file
+                    fingerprints[written[0]] = written[2]
+                else:  # an s3transfer download
+                    fingerprints[local_rel] = Fingerprint.of(path)
             if not failed:
                 break
             pending = failed
@@ -243,31 +279,41 @@ class Storage:
                                       "files": len(fingerprints), "local_dir": str(rule.local_dir)})
         return fingerprints
 
-    def _download_maybe_gzip(self, bucket: str, key: str, path: Path, rule: SyncRule):
-        """GET a .gz object: gzip-encoded ones are decompressed under the name without .gz,
-        anything else is written as it is under its own name."""
-        response = self.client.get_object(Bucket=bucket, Key=key)
-        body = response["Body"]
-        if response.get("ContentEncoding", "").lower() != "gzip":
-            rel = rule.rel_for_key(key)
-            path = rule.local_path(rel)
-            decompressor = None
+    def _get_to_file(self, rule: SyncRule, key: str, path: Path, maybe_compressed: bool):
+        """One streaming GET into `path` (through a partial file renamed into place, so a
+        reader never sees half a file). A gzip-encoded .gz object of a compressed job is
+        decompressed under the name without .gz; any other object is written as it is.
+        Returns (rel, path, fingerprint)."""
+        if self.fast is not None:
+            response = self.fast.get(rule.bucket, key)
+            encoding = response.headers.get("Content-Encoding", "")
+            read, done = response.read, response.release_conn
         else:
-            rel = rule.rel_for_path(path)
-            decompressor = zlib.decompressobj(47)  # 47: gzip or zlib header, detected
+            answer = self.client.get_object(Bucket=rule.bucket, Key=key)
+            encoding = answer.get("ContentEncoding", "")
+            read, done = answer["Body"].read, answer["Body"].close
+        decompressor = None
+        rel = None
+        if maybe_compressed:
+            if encoding.lower() == "gzip":
+                decompressor = zlib.decompressobj(47)  # 47: gzip or zlib header, detected
+            else:
+                rel = rule.rel_for_key(key)
+                path = rule.local_path(rel)
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
         try:
             with open(partial, "wb") as out:
-                for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                for chunk in iter(lambda: read(READ_CHUNK), b""):
                     out.write(decompressor.decompress(chunk) if decompressor else chunk)
                 if decompressor:
                     out.write(decompressor.flush())
             os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         finally:
-            body.close()
-            if partial.exists():
-                partial.unlink()
-        return rel, path
+            done()
+        return rel or rule.rel_for_path(path), path, Fingerprint.of(path)
 
     # --- uploads ---
 
@@ -309,21 +355,77 @@ class Storage:
         """Start one upload; returns a future whose result() raises on failure."""
         key = rule.key_for(rel)
         self.listener.started("upload", rule.bucket, key, size)
-        progress = _Progress("upload", key, size)
-        if rule.compression:
-            reader = GzipReader(path)
-            future = self.manager.upload(reader, rule.bucket, key,
-                                         extra_args={"ContentEncoding": "gzip"},
-                                         subscribers=[progress])
-        else:
-            reader = None
-            future = self.manager.upload(str(path), rule.bucket, key, subscribers=[progress])
-        return _Finishing(future, lambda: self._upload_finished(rule.bucket, key, reader))
+        upload = self._put_small if size < self.threshold else self._put_multipart
+        future = agent_log.submit(self.pool, upload, rule, key, path)
+        return _Finishing(future, lambda: self.listener.finished("upload", rule.bucket, key))
 
-    def _upload_finished(self, bucket, key, reader):
-        if reader is not None:
-            reader.close()
-        self.listener.finished("upload", bucket, key)
+    def _put_small(self, rule: SyncRule, key: str, path: Path) -> None:
+        encoding = "gzip" if rule.compression else None
+        with open(path, "rb") as f:
+            if self.fast is not None and os.fstat(f.fileno()).st_size <= FAST_PUT_MAX_BYTES:
+                data = f.read()
+                if rule.compression:
+                    data = gzip.compress(data, compresslevel=6, mtime=0)
+                self.fast.put(rule.bucket, key, data, encoding)
+            elif not rule.compression:
+                self.client.put_object(Bucket=rule.bucket, Key=key, Body=f)
+            else:
+                # Below the multipart threshold, so compressing in memory is bounded.
+                data = gzip.compress(f.read(), compresslevel=6, mtime=0)
+                self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
+                                       ContentEncoding="gzip")
+
+    def _put_multipart(self, rule: SyncRule, key: str, path: Path) -> None:
+        """Multipart upload with parts in parallel. Parts are read in order by this thread
+        (gzip-compressed on the way when the job asks for compression) and sent as plain bytes
+        by the part pool, at most `part_concurrency` in flight, so memory stays bounded and
+        each part goes out in one send rather than through a Python read loop."""
+        size = os.path.getsize(path)
+        part_size = max(self.config.multipart_chunksize, -(-size // MAX_PARTS))
+        extra = {"ContentEncoding": "gzip"} if rule.compression else {}
+        upload_id = self.client.create_multipart_upload(
+            Bucket=rule.bucket, Key=key, **extra)["UploadId"]
+        progress = _Progress("upload", key, size)
+        in_flight = threading.BoundedSemaphore(self.config.part_concurrency)
+        futures = []
+
+        def send(number: int, data: bytes) -> dict:
+            try:
+                answer = self.client.upload_part(Bucket=rule.bucket, Key=key, UploadId=upload_id,
+                                                 PartNumber=number, Body=data)
+                progress.on_progress(None, len(data))
+                return {"PartNumber": number, "ETag": answer["ETag"]}
+            finally:
+                in_flight.release()
+
+        try:
+            source = GzipReader(path) if rule.compression else open(path, "rb")  # noqa: SIM115
+            try:
+                number = 0
+                while True:
+                    data = source.read(part_size)
+                    if not data and number > 0:
+                        break
+                    number += 1
+                    in_flight.acquire()
+                    futures.append(agent_log.submit(self.part_pool, send, number, data))
+                    if len(data) < part_size:
+                        break
+            finally:
+                source.close()
+            parts = [future.result() for future in futures]
+            self.client.complete_multipart_upload(
+                Bucket=rule.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            try:
+                self.client.abort_multipart_upload(Bucket=rule.bucket, Key=key,
+                                                   UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
 
 
 class _Finishing:

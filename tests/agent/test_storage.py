@@ -3,7 +3,6 @@
 import gzip
 import os
 import re
-from concurrent.futures import Future
 
 import pytest
 
@@ -23,12 +22,43 @@ def test_gzip_reader_streams_a_gzip_file(tmp_path):
     assert gzip.decompress(b"".join(chunks)) == data
 
 
-@pytest.fixture
-def storage(make_config, seaweed):
+@pytest.fixture(params=["lean", "botocore"])
+def storage(request, make_config, seaweed):
+    """Every test runs with small objects on the lean signed path and on botocore."""
     store = Storage(make_config(seaweed, KELPIE_MULTIPART_THRESHOLD_MB=5,
-                                KELPIE_MULTIPART_CHUNK_MB=5))
+                                KELPIE_MULTIPART_CHUNK_MB=5,
+                                KELPIE_FAST_SMALL_TRANSFERS=request.param == "lean"))
+    assert (store.fast is not None) == (request.param == "lean")
     yield store
     store.close()
+
+
+def test_awkward_key_names_round_trip(storage, bucket, tmp_path):
+    source = tmp_path / "up"
+    names = ["with space.txt", "plus+sign.txt", "ünïcödé/ß.txt", "q?uery&amp=1.txt",
+             "tilde~/pct%41.txt", "a'quote\".txt"]
+    for i, name in enumerate(names):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(str(i))
+    rule = SyncRule(bucket, "odd names/", source)
+    assert storage.upload_files(rule, names) == []
+    keys = sorted(o["Key"] for o in storage.list_objects(bucket, "odd names/"))
+    assert keys == sorted("odd names/" + n for n in names)
+    fingerprints = storage.download_rule(SyncRule(bucket, "odd names/", tmp_path / "down"))
+    assert set(fingerprints) == set(names)
+    for i, name in enumerate(names):
+        assert (tmp_path / "down" / name).read_text() == str(i)
+
+
+def test_wrong_credentials_fail_cleanly(make_config, seaweed, bucket, tmp_path, monkeypatch):
+    config = make_config(seaweed, MAX_RETRIES=1)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")  # botocore's chain reads os.environ
+    store = Storage(config)
+    (tmp_path / "f.txt").write_text("x")
+    try:
+        assert store.upload_files(SyncRule(bucket, "p/", tmp_path), ["f.txt"]) == ["f.txt"]
+    finally:
+        store.close()
 
 
 def test_upload_and_download_round_trip_with_multipart(storage, bucket, tmp_path):
@@ -91,11 +121,37 @@ def test_download_failure_after_retries_raises(storage, bucket, tmp_path, monkey
 
     def broken(*args, **kwargs):
         calls.append(args)
-        future = Future()
-        future.set_exception(OSError("disk on fire"))
-        return future
+        raise OSError("disk on fire")
 
-    monkeypatch.setattr(storage.manager, "download", broken)
+    monkeypatch.setattr(storage, "_get_to_file", broken)
     with pytest.raises(TransferFailed):
         storage.download_rule(SyncRule(bucket, "f/", tmp_path / "in"))
     assert len(calls) == storage.config.max_retries
+
+
+def test_large_compressed_upload_streams_in_parts(storage, bucket, tmp_path):
+    source = tmp_path / "up"
+    source.mkdir()
+    # Incompressible enough to need several 5 MiB parts even after gzip.
+    data = os.urandom(11 * 1024 * 1024) + b"z" * (4 * 1024 * 1024)
+    (source / "big.ckpt").write_bytes(data)
+    rule = SyncRule(bucket, "gzbig/", source, compression=True)
+    assert storage.upload_files(rule, ["big.ckpt"]) == []
+    head = storage.client.head_object(Bucket=bucket, Key="gzbig/big.ckpt.gz")
+    assert head["ContentEncoding"] == "gzip" and head["ETag"].endswith('-3"')
+    down = SyncRule(bucket, "gzbig/", tmp_path / "down", compression=True)
+    storage.download_rule(down)
+    assert (tmp_path / "down" / "big.ckpt").read_bytes() == data
+
+
+def test_failed_multipart_upload_is_aborted(storage, bucket, tmp_path, monkeypatch):
+    source = tmp_path / "up"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+
+    def broken_part(**kwargs):
+        raise OSError("network gone")
+
+    monkeypatch.setattr(storage.client, "upload_part", broken_part)
+    assert storage.upload_files(SyncRule(bucket, "abort/", source), ["big.bin"]) == ["big.bin"]
+    assert storage.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

