@@ -5,6 +5,7 @@ raised as `ApiError` so the caller can tell "the API said no" (e.g. 409: not our
 "the API is away" (`ApiUnavailable`).
 """
 
+import base64
 import json
 import threading
 import time
@@ -43,6 +44,8 @@ class ApiClient:
             num_pools=2, maxsize=4, retries=False,
             timeout=urllib3.Timeout(connect=5, read=30))
         self._jwt: str | None = None
+        self._jwt_renew_at: float | None = None  # wall-clock time to fetch a fresh one
+        self._jwt_lock = threading.Lock()
 
     # --- authentication (protocol.md: the first that applies) ---
 
@@ -54,15 +57,29 @@ class ApiClient:
             return {"Salad-Api-Key": c.salad_api_key,
                     "Salad-Organization": c.salad_organization or "",
                     "Salad-Project": c.salad_project or ""}
-        if self._jwt is None:
-            try:
-                self._jwt = self.imds.token()
-            except ImdsUnavailable as error:
-                raise ApiUnavailable(f"no credentials: IMDS token unavailable ({error})") from None
-        headers = {"Authorization": f"Bearer {self._jwt}"}
+        headers = {"Authorization": f"Bearer {self._current_jwt()}"}
         if c.salad_project:
             headers["Salad-Project"] = c.salad_project
         return headers
+
+    def _current_jwt(self) -> str:
+        """The IMDS JWT, fetched again shortly before it expires (or after a refusal)."""
+        with self._jwt_lock:
+            renew_due = self._jwt_renew_at is not None and time.time() >= self._jwt_renew_at
+            if self._jwt is None or renew_due:
+                try:
+                    jwt = self.imds.token()
+                except ImdsUnavailable as error:
+                    if self._jwt is not None:
+                        return self._jwt  # keep the old one while it may still be good
+                    raise ApiUnavailable(
+                        f"no credentials: IMDS token unavailable ({error})") from None
+                self._jwt, self._jwt_renew_at = jwt, jwt_renew_time(jwt)
+            return self._jwt
+
+    def _drop_jwt(self) -> None:
+        with self._jwt_lock:
+            self._jwt = None
 
     # --- transport ---
 
@@ -88,9 +105,10 @@ class ApiClient:
                 payload = _decode(response.data)
                 if status < 400:
                     return status, payload
-                if status == 401 and self._jwt and not refreshed_jwt:
-                    # The IMDS JWT may have expired: fetch a fresh one once.
-                    self._jwt, refreshed_jwt = None, True
+                if status in (401, 403) and self._jwt and not refreshed_jwt:
+                    # The IMDS JWT may have expired or been rotated: fetch a fresh one, once.
+                    self._drop_jwt()
+                    refreshed_jwt = True
                     attempt -= 1
                     continue
                 if status < 500 and status != 429:
@@ -139,6 +157,19 @@ class ApiClient:
         deadline = time.monotonic() + self.config.report_timeout
         body = {**self._identity(), "exit_code": exit_code, "reason": reason}
         self.request("POST", f"/jobs/{job_id}/failed", body, deadline=deadline)
+
+
+def jwt_renew_time(jwt: str) -> float | None:
+    """When to renew a JWT: a fifth of its lifetime (at most a minute) before `exp`. The
+    token is only read here, never verified: the API verifies it."""
+    try:
+        payload = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expires = float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+    issued = float(claims.get("iat") or time.time())
+    return expires - min(60.0, max(0.0, expires - issued) / 5)
 
 
 def _decode(raw: bytes):

@@ -118,3 +118,38 @@ def test_salad_key_and_imds_jwt_authentication(fake_api, make_config, imds):
     headers = fake_api.requests[-1]["headers"]
     assert headers["Authorization"] == "Bearer test-jwt" and headers["Salad-Project"] == "p"
     assert "X-Kelpie-Key" not in headers
+
+
+def _jwt(claims: dict) -> str:
+    import base64
+
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none'})}.{part(claims)}.sig"
+
+
+def test_jwt_is_renewed_before_it_expires_and_after_a_refusal(fake_api, make_config, imds):
+    import time
+
+    issued = []
+
+    def token(body):
+        now = time.time()
+        issued.append(_jwt({"iat": now, "exp": now + 1.0}))
+        return 200, {"jwt": issued[-1]}
+
+    imds.add_route("GET", "/v1/token", token)
+    fake_api.script["/work"] = [(200, [])]
+    client = ApiClient(make_config(KELPIE_API_URL=fake_api.url, KELPIE_API_KEY=""),
+                       Imds(imds.url))
+    client.poll_work()
+    client.poll_work()
+    assert len(issued) == 1  # still fresh: reused
+    time.sleep(0.85)  # past four fifths of its 1 s lifetime
+    client.poll_work()
+    assert len(issued) == 2
+    assert fake_api.requests[-1]["headers"]["Authorization"] == f"Bearer {issued[-1]}"
+
+    fake_api.script["/work"] = [(403, {"error": "forbidden"}), (200, [])]
+    client.poll_work()
+    assert len(issued) == 3  # refused: fetched anew and the call repeated once
