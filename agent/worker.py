@@ -21,6 +21,12 @@ log = agent_log.get_logger(__name__)
 EXIT_OK = 0
 
 
+def _destination(rule) -> tuple:
+    """Rules with the same destination mirror the same objects: a file downloaded by one (or
+    uploaded by a during rule) need not be uploaded again by another."""
+    return (rule.bucket, rule.prefix, rule.local_dir, rule.compression)
+
+
 class JobLost(Exception):
     """The job was canceled or handed to another machine: drop it without reporting."""
 
@@ -186,7 +192,7 @@ class Worker:
         if plan is not None:
             purge(plan.directories(), self.config)
         self.imds.set_deletion_cost(0)
-        self.state.update(status="idle", job_id=None, job=None)
+        self.state.update(status="idle", job_id=None, job=None, child_pid=None)
 
     def _wait(self, done: threading.Event | Future, heartbeat: Heartbeat) -> None:
         """Block until `done`; raise JobLost / ShuttingDown if that happens first."""
@@ -213,7 +219,7 @@ class Worker:
 
         # 2. watch sync.during, then start the command.
         syncers = [DirectorySync(
-            rule, self.storage, known=known.get(rule.local_dir, {}),
+            rule, self.storage, known=known.get(_destination(rule), {}),
             watcher_mode=self.config.watcher_mode,
             poll_interval=self.config.watcher_poll_interval,
             debounce=self.config.watcher_debounce, rescan_interval=self.config.watcher_rescan,
@@ -276,7 +282,7 @@ class Worker:
         try:
             for rule in plan.before:
                 fingerprints = self.storage.download_rule(rule)
-                known.setdefault(rule.local_dir, {}).update(fingerprints)
+                known.setdefault(_destination(rule), {}).update(fingerprints)
             # Directories the job writes into exist before it starts.
             for rule in plan.during + plan.after:
                 rule.local_dir.mkdir(parents=True, exist_ok=True)
@@ -293,9 +299,7 @@ class Worker:
             # Files a during-sync of the same destination already sent are not sent twice.
             already = {}
             for syncer in syncers:
-                if (syncer.rule.bucket, syncer.rule.prefix, syncer.rule.local_dir,
-                        syncer.rule.compression) == (rule.bucket, rule.prefix, rule.local_dir,
-                                                     rule.compression):
+                if _destination(syncer.rule) == _destination(rule):
                     already = syncer.known
             rels = []
             for path in iter_files(rule.local_dir):
