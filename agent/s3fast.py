@@ -81,13 +81,15 @@ class FastS3:
 
     # --- requests ---
 
-    def get(self, bucket: str, key: str):
-        """Streaming GET; returns the urllib3 response (content NOT decoded: a gzip-encoded
-        object comes back as its gzip bytes). The caller reads it and calls release_conn()."""
-        url, headers = self._signed("GET", bucket, key, EMPTY_SHA256)
+    def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None):
+        """Streaming GET, of the whole object or of bytes [first, last]; returns the urllib3
+        response (content NOT decoded: a gzip-encoded object comes back as its gzip bytes).
+        The caller reads it and calls release_conn()."""
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
+        url, headers = self._signed("GET", bucket, key, EMPTY_SHA256, extra)
         response = self.http.request("GET", url, headers=headers, preload_content=False,
                                      decode_content=False)
-        if response.status != 200:
+        if response.status not in (200, 206):
             body = response.read()
             response.release_conn()
             raise S3RequestError("GET", key, response.status, body)

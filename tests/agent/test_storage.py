@@ -155,3 +155,21 @@ def test_failed_multipart_upload_is_aborted(storage, bucket, tmp_path, monkeypat
     monkeypatch.setattr(storage.client, "upload_part", broken_part)
     assert storage.upload_files(SyncRule(bucket, "abort/", source), ["big.bin"]) == ["big.bin"]
     assert storage.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_large_transfers_log_progress(storage, bucket, tmp_path, monkeypatch, caplog):
+    import agent.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(storage_module, "PROGRESS_EVERY_S", 0)
+    source = tmp_path / "up"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(11 * 1024 * 1024))
+    with caplog.at_level("INFO", logger="agent"):
+        assert storage.upload_files(SyncRule(bucket, "prog/", source), ["big.bin"]) == []
+        storage.download_rule(SyncRule(bucket, "prog/", tmp_path / "down"))
+    for kind in ("upload", "download"):
+        lines = [r for r in caplog.records if r.getMessage() == f"{kind} progress"]
+        assert lines, kind
+        assert lines[-1].bytes_total == 11 * 1024 * 1024 and lines[-1].bytes_done > 0
+        assert lines[-1].rate_mb_s is not None
