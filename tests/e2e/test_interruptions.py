@@ -114,3 +114,28 @@ def test_sigterm_to_agent_leaves_last_checkpoint_in_bucket(jobs, agents, s3, buc
     assert agent.logged("left the job for another machine")
     after = jobs.get(job["id"])
     assert after["status"] == "running" and after["num_failures"] == 0  # nothing reported
+
+
+def test_zombie_agent_drops_a_job_handed_to_another_machine(jobs, agents, s3, bucket):
+    job = jobs.submit(**train_command(30, 0.15), sync=sync_block(bucket, "zom"),
+                      heartbeat_interval=1)
+    first = agents("machine-a")
+    wait_until(lambda: latest_checkpoint_step(s3, bucket, "zom/checkpoints/") >= 2, timeout=60)
+    child = first.child_pid()
+
+    first.signal(signal.SIGSTOP)  # the node stalls: no heartbeats, but it is not gone
+    try:
+        second = agents("machine-b")
+        wait_until(lambda: jobs.get(job["id"])["machine_id"] == "machine-b", timeout=30,
+                   message="the stale job was not handed over")
+    finally:
+        first.signal(signal.SIGCONT)
+
+    # Its next heartbeat tells machine-a the job is no longer its own: it stops its copy.
+    wait_until(lambda: first.logged("dropped the job without reporting"), timeout=30)
+    wait_until(lambda: not pid_alive(child), timeout=30)
+    done = jobs.wait_status(job["id"], "completed", timeout=90, agents=[first, second])
+    assert done["machine_id"] == "machine-b" and done["num_failures"] == 0
+    assert not first.logged("reported")
+    result = json.loads(read_object(s3, bucket, "zom/outputs/result.json"))
+    assert result["total"] == 30 * 31 // 2
