@@ -84,7 +84,8 @@ class ApiClient:
     # --- transport ---
 
     def request(self, method: str, path: str, body: dict | None = None, *,
-                attempts: int | None = None, deadline: float | None = None):
+                attempts: int | None = None, deadline: float | None = None,
+                timeout: float | None = None):
         """One API call with retries; returns (status, decoded body).
 
         Retries until `attempts` are used up or, if `deadline` (a time.monotonic() value) is
@@ -100,7 +101,11 @@ class ApiClient:
             try:
                 headers = {"User-Agent": f"kelpie-agent/{__version__}",
                            "Content-Type": "application/json", **self._auth_headers()}
-                response = self.http.request(method, url, body=data, headers=headers)
+                # Only when given: passing timeout=None to urllib3 would mean "wait forever".
+                bounded = {"timeout": urllib3.Timeout(connect=min(5, timeout), read=timeout)
+                           } if timeout else {}
+                response = self.http.request(method, url, body=data, headers=headers,
+                                             **bounded)
                 status = response.status
                 payload = _decode(response.data)
                 if status < 400:
@@ -143,10 +148,12 @@ class ApiClient:
             return body
         return None
 
-    def heartbeat(self, job_id: str, attempts: int = 2) -> str:
-        """The job's status as the API sees it for this machine ("running", "canceled", …)."""
+    def heartbeat(self, job_id: str, interval: float = 30, attempts: int = 2) -> str:
+        """The job's status as the API sees it for this machine ("running", "canceled", …).
+        A hanging API must not hold up the next heartbeat: each try is bounded by the job's
+        heartbeat interval (between 2 and 30 s)."""
         _, body = self.request("POST", f"/jobs/{job_id}/heartbeat", self._identity(),
-                               attempts=attempts)
+                               attempts=attempts, timeout=min(30.0, max(2.0, interval)))
         return (body or {}).get("status", "running")
 
     def report_completed(self, job_id: str) -> None:

@@ -58,7 +58,7 @@ class Heartbeat:
         imds = self.worker.imds
         while not self.stop_event.wait(self.interval):
             try:
-                status = self.worker.client.heartbeat(self.job_id)
+                status = self.worker.client.heartbeat(self.job_id, self.interval)
             except ApiError as error:
                 if error.status in (404, 409):
                     status = "canceled"

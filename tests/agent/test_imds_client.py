@@ -153,3 +153,21 @@ def test_jwt_is_renewed_before_it_expires_and_after_a_refusal(fake_api, make_con
     fake_api.script["/work"] = [(403, {"error": "forbidden"}), (200, [])]
     client.poll_work()
     assert len(issued) == 3  # refused: fetched anew and the call repeated once
+
+
+def test_a_hanging_api_does_not_hold_a_heartbeat(make_config, imds):
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never answers
+    try:
+        client = ApiClient(make_config(
+            KELPIE_API_URL=f"http://127.0.0.1:{listener.getsockname()[1]}"), Imds(imds.url))
+        started = time.monotonic()
+        with pytest.raises(ApiUnavailable):
+            client.heartbeat("j1", interval=1, attempts=1)
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
