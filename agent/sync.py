@@ -9,6 +9,7 @@ anything the watcher missed, and `finish()` does a last full pass once the child
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,8 +24,14 @@ log = agent_log.get_logger(__name__)
 class DirectorySync:
     def __init__(self, rule: SyncRule, storage: Storage, *, known: dict[str, Fingerprint],
                  watcher_mode: str = "auto", poll_interval: float = 0.2, debounce: float = 0.05,
-                 rescan_interval: float = 5.0, upload_threads: int = 8):
+                 rescan_interval: float = 5.0, upload_threads: int = 8,
+                 may_delete: Callable[[], bool] = lambda: True):
         self.rule, self.storage = rule, storage
+        # Deleting objects is the one destructive step: it waits until the job is known to be
+        # ours (a recent heartbeat), so an agent that stalled and lost the job to another
+        # machine cannot delete checkpoints the new holder relies on before it learns so.
+        self.may_delete = may_delete
+        self._finishing = False
         self.debounce, self.rescan_interval = debounce, rescan_interval
         self.known: dict[str, Fingerprint] = dict(known)  # what the bucket holds, as we last saw
         self.errors: dict[str, str] = {}
@@ -50,6 +57,7 @@ class DirectorySync:
     def finish(self, timeout: float | None = None) -> dict[str, str]:
         """Final pass after the child exited: send every change now, wait for all uploads.
         Returns rel → error for files that could not be uploaded (empty: all safe)."""
+        self._finishing = True
         self._watcher.stop()
         self._queue_changed(min_age=0.0, immediately=True)
         self._queue_deletions()
@@ -171,6 +179,14 @@ class DirectorySync:
             path = self.rule.local_dir / rel
             if not os.path.lexists(path):
                 if rel in self.known:
+                    if not self.may_delete():
+                        if self._finishing:
+                            log.warning("left an object in place: job ownership unconfirmed",
+                                        extra={"key": self.rule.key_for(rel)})
+                        else:
+                            with self._cond:
+                                self._again.add(rel)  # try again shortly (see finally)
+                        return
                     self.storage.delete(self.rule, rel)
                     self.known.pop(rel, None)
                 self.errors.pop(rel, None)
@@ -189,7 +205,7 @@ class DirectorySync:
                 self._in_flight.discard(rel)
                 if rel in self._again:
                     self._again.discard(rel)
-                    self._due[rel] = time.monotonic() + self.debounce
+                    self._due[rel] = time.monotonic() + max(self.debounce, 0.25)
                 self._cond.notify_all()
 
     def _uploaded(self, rel: str, fingerprint: Fingerprint) -> None:

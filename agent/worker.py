@@ -45,6 +45,7 @@ class Heartbeat:
         self.lost_status: str | None = None
         self.count = 0
         self.final_upload = False
+        self.last_confirmed = time.monotonic()  # the claim itself confirmed it
         self.thread = agent_log.job_thread(self._run, name="kelpie-heartbeat")
 
     def start(self) -> None:
@@ -53,6 +54,11 @@ class Heartbeat:
     def stop(self) -> None:
         self.stop_event.set()
         self.thread.join(timeout=10)
+
+    def confirmed_recently(self) -> bool:
+        """The API said "running" for us within two intervals: no one else can hold the job."""
+        return (not self.lost.is_set()
+                and time.monotonic() - self.last_confirmed < 2 * self.interval)
 
     def _run(self) -> None:
         imds = self.worker.imds
@@ -70,6 +76,8 @@ class Heartbeat:
                             extra={"error": str(error)})
                 continue
             self.count += 1
+            if status == "running":
+                self.last_confirmed = time.monotonic()
             if not self.final_upload:
                 imds.set_deletion_cost(self.count)
             if status != "running":
@@ -224,6 +232,7 @@ class Worker:
             poll_interval=self.config.watcher_poll_interval,
             debounce=self.config.watcher_debounce, rescan_interval=self.config.watcher_rescan,
             upload_threads=max(2, self.config.transfer_concurrency // 2),
+            may_delete=heartbeat.confirmed_recently,
         ) for rule in plan.during]
         for syncer in syncers:
             syncer.start()

@@ -85,3 +85,21 @@ def _readable(storage, bucket, key):
         return True
     except Exception:  # noqa: BLE001 - not there yet
         return False
+
+
+def test_deletions_wait_until_the_job_is_confirmed_ours(storage, bucket, tmp_path):
+    local = tmp_path / "gate"
+    confirmed = {"yes": False}
+    sync = DirectorySync(SyncRule(bucket, "gate/", local), storage, known={},
+                         may_delete=lambda: confirmed["yes"])
+    sync.start()
+    try:
+        (local / "a.ckpt").write_text("1")
+        wait_until(lambda: keys(storage, bucket, "gate/") == ["gate/a.ckpt"], timeout=10)
+        (local / "a.ckpt").unlink()
+        time.sleep(1.0)  # several retry rounds of the deferred deletion
+        assert keys(storage, bucket, "gate/") == ["gate/a.ckpt"]
+        confirmed["yes"] = True
+        wait_until(lambda: keys(storage, bucket, "gate/") == [], timeout=10)
+    finally:
+        sync.abandon()
