@@ -61,7 +61,8 @@ class DemoAgent:
 
     def kill_hard(self) -> None:
         child = self.child_pid()
-        self.process.kill()
+        # The whole group: a frozen binary is a wrapper with the real agent as its child.
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         if child:
             try:

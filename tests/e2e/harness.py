@@ -77,14 +77,22 @@ class Agent:
         return self.state().get("child_pid")
 
     def signal(self, signum: int) -> None:
-        if self.process and self.process.poll() is None:
+        """SIGTERM/SIGINT go to the agent's process, as `docker stop` sends them to PID 1 (a
+        frozen binary's bootloader forwards them). SIGKILL/SIGSTOP/SIGCONT, which model the
+        node itself vanishing or stalling, go to the agent's whole process group: a frozen
+        binary is a wrapper process with the real agent as its child."""
+        if not self.process or self.process.poll() is not None:
+            return
+        if signum in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            os.killpg(self.process.pid, signum)
+        else:
             self.process.send_signal(signum)
 
     def kill_hard(self) -> None:
         """SIGKILL the agent and its job's process group, as a vanishing node would."""
         child = self.child_pid()
         if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
             self.process.wait()
         if child:
             try:
