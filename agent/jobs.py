@@ -109,7 +109,11 @@ def child_environment(plan: JobPlan, config: Config) -> dict[str, str]:
 
 def _too_dangerous_to_purge(directory: Path, config: Config) -> bool:
     real = Path(os.path.realpath(directory))
-    protected = {Path("/"), Path(os.path.realpath(Path.home()))}
+    protected = {Path("/")}
+    try:
+        protected.add(Path(os.path.realpath(Path.home())))
+    except RuntimeError:  # no HOME and no passwd entry (a bare container): nothing to protect
+        pass
     work = Path(os.path.realpath(config.work_dir))
     return real in protected or real == work or real in work.parents
 

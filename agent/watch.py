@@ -7,7 +7,6 @@ elsewhere. Both call `on_complete(path)` and `on_deleted(path)` from their own t
 """
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -54,8 +53,9 @@ class _Libc:
     @classmethod
     def get(cls):
         if cls._instance is None:
-            name = ctypes.util.find_library("c") or "libc.so.6"
-            libc = ctypes.CDLL(name, use_errno=True)
+            # The C library this process already runs on. find_library("c") could pick the
+            # host's (say musl on Alpine) and load a second libc into a frozen glibc process.
+            libc = ctypes.CDLL(None, use_errno=True)
             libc.inotify_init1.argtypes = [ctypes.c_int]
             libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
             libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
