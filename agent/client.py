@@ -46,6 +46,7 @@ class ApiClient:
         self._jwt: str | None = None
         self._jwt_renew_at: float | None = None  # wall-clock time to fetch a fresh one
         self._jwt_lock = threading.Lock()
+        self._organization: str | None = None  # read from the IMDS token when not configured
 
     # --- authentication (protocol.md: the first that applies) ---
 
@@ -55,7 +56,7 @@ class ApiClient:
             return {"X-Kelpie-Key": c.kelpie_api_key}
         if c.salad_api_key:
             return {"Salad-Api-Key": c.salad_api_key,
-                    "Salad-Organization": c.salad_organization or "",
+                    "Salad-Organization": c.salad_organization or self._token_organization(),
                     "Salad-Project": c.salad_project or ""}
         headers = {"Authorization": f"Bearer {self._current_jwt()}"}
         if c.salad_project:
@@ -76,6 +77,13 @@ class ApiClient:
                         f"no credentials: IMDS token unavailable ({error})") from None
                 self._jwt, self._jwt_renew_at = jwt, jwt_renew_time(jwt)
             return self._jwt
+
+    def _token_organization(self) -> str:
+        """SALAD_ORGANIZATION when unset: the organization the node's IMDS token names."""
+        if self._organization is None:
+            self._organization = str(jwt_claims(self._current_jwt()).get(
+                "salad_organization_name") or "")
+        return self._organization
 
     def _drop_jwt(self) -> None:
         with self._jwt_lock:
@@ -166,14 +174,22 @@ class ApiClient:
         self.request("POST", f"/jobs/{job_id}/failed", body, deadline=deadline)
 
 
-def jwt_renew_time(jwt: str) -> float | None:
-    """When to renew a JWT: a fifth of its lifetime (at most a minute) before `exp`. The
-    token is only read here, never verified: the API verifies it."""
+def jwt_claims(jwt: str) -> dict:
+    """The claims of a JWT, read without verifying it (the API verifies it); {} if unreadable."""
     try:
         payload = jwt.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, TypeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def jwt_renew_time(jwt: str) -> float | None:
+    """When to renew a JWT: a fifth of its lifetime (at most a minute) before `exp`."""
+    claims = jwt_claims(jwt)
+    try:
         expires = float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
+    except (KeyError, ValueError, TypeError):
         return None
     issued = float(claims.get("iat") or time.time())
     return expires - min(60.0, max(0.0, expires - issued) / 5)

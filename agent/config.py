@@ -28,9 +28,10 @@ SETTINGS: list[Setting] = [
             "Kelpie API key, sent as X-Kelpie-Key. Takes precedence over the Salad credentials."),
     Setting(("SALAD_API_KEY",), None,
             "Salad API key (Salad-Api-Key), used when KELPIE_API_KEY is not set; needs "
-            "SALAD_ORGANIZATION and SALAD_PROJECT."),
+            "SALAD_PROJECT (and SALAD_ORGANIZATION, else the IMDS token's organization)."),
     Setting(("SALAD_ORGANIZATION", "SALAD_ORGANIZATION_NAME"), None,
-            "Salad organization, sent as Salad-Organization with SALAD_API_KEY."),
+            "Salad organization, sent as Salad-Organization with SALAD_API_KEY; unset: the "
+            "organization named by the instance-metadata JWT."),
     Setting(("SALAD_PROJECT", "SALAD_PROJECT_NAME"), None,
             "Salad project, sent as Salad-Project (with SALAD_API_KEY or the IMDS JWT)."),
     Setting(("SALAD_MACHINE_ID",), "<hostname>", "This node's machine id, sent with every call."),
@@ -195,8 +196,9 @@ def load(environ: dict | None = None) -> Config:
     organization = _get(env, "SALAD_ORGANIZATION", "SALAD_ORGANIZATION_NAME")
     project = _get(env, "SALAD_PROJECT", "SALAD_PROJECT_NAME")
     kelpie_api_key = _get(env, "KELPIE_API_KEY")
-    if not kelpie_api_key and salad_api_key and not (organization and project):
-        raise ConfigError("SALAD_API_KEY needs SALAD_ORGANIZATION and SALAD_PROJECT")
+    # The organization of a Salad API key defaults to the one the node's IMDS token names.
+    if not kelpie_api_key and salad_api_key and not project:
+        raise ConfigError("SALAD_API_KEY needs SALAD_PROJECT (sent as Salad-Project)")
     watcher_mode = (_get(env, "FILE_WATCHER_MODE") or "auto").lower()
     if watcher_mode not in ("auto", "inotify", "poll"):
         raise ConfigError(f"FILE_WATCHER_MODE={watcher_mode!r} is not auto, inotify or poll")

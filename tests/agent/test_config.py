@@ -34,7 +34,7 @@ def test_specific_s3_endpoint_wins():
     ({"KELPIE_API_URL": "http://a", "HEARTBEAT_INTERVAL_S": "soon"}, "not a float"),
     ({"KELPIE_API_URL": "http://a", "MAX_RETRIES": "0"}, "at least 1"),
     ({"KELPIE_API_URL": "http://a", "KELPIE_RECREATE_BETWEEN_JOBS": "maybe"}, "boolean"),
-    ({"KELPIE_API_URL": "http://a", "SALAD_API_KEY": "s"}, "SALAD_ORGANIZATION"),
+    ({"KELPIE_API_URL": "http://a", "SALAD_API_KEY": "s"}, "SALAD_API_KEY needs SALAD_PROJECT"),
     ({"KELPIE_API_URL": "http://a", "KELPIE_LOG_LEVEL": "LOUD"}, "KELPIE_LOG_LEVEL"),
 ])
 def test_bad_configuration_is_one_clear_error(env, message):

@@ -140,8 +140,8 @@ def test_jwt_is_renewed_before_it_expires_and_after_a_refusal(fake_api, make_con
 
     imds.add_route("GET", "/v1/token", token)
     fake_api.script["/work"] = [(200, [])]
-    client = ApiClient(make_config(KELPIE_API_URL=fake_api.url, KELPIE_API_KEY=""),
-                       Imds(imds.url))
+    client = ApiClient(make_config(KELPIE_API_URL=fake_api.url, KELPIE_API_KEY="",
+                                   SALAD_PROJECT="p"), Imds(imds.url))
     client.poll_work()
     client.poll_work()
     assert len(issued) == 1  # still fresh: reused
@@ -171,3 +171,15 @@ def test_a_hanging_api_does_not_hold_a_heartbeat(make_config, imds):
         assert time.monotonic() - started < 5
     finally:
         listener.close()
+
+
+def test_salad_key_organization_defaults_to_the_imds_tokens(fake_api, make_config, imds):
+    imds.add_route("GET", "/v1/token", lambda body: (200, {"jwt": _jwt(
+        {"salad_organization_name": "acme", "exp": 4102444800})}))
+    fake_api.script["/work"] = [(200, [])]
+    client = ApiClient(make_config(KELPIE_API_URL=fake_api.url, KELPIE_API_KEY="",
+                                   SALAD_API_KEY="sk", SALAD_PROJECT="p"), Imds(imds.url))
+    client.poll_work()
+    headers = fake_api.requests[-1]["headers"]
+    assert (headers["Salad-Api-Key"], headers["Salad-Organization"],
+            headers["Salad-Project"]) == ("sk", "acme", "p")
