@@ -153,6 +153,6 @@ def advisory_lock(key: int):
 
 
 def utcnow() -> datetime:
-    """Naive UTC at millisecond precision: what is stored, and what the wire shows with a Z."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    """Naive UTC, as stored. Microseconds are kept so that jobs created one after another
+    sort in that order; the wire shows milliseconds with a Z."""
+    return datetime.now(UTC).replace(tzinfo=None)

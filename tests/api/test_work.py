@@ -163,3 +163,12 @@ def test_bad_failure_reports(api, user_key, body, field):
     job = submit(api, user_key, container_group_id="badreport")
     status, error = api.request("POST", f"/jobs/{job['id']}/failed", body, key=user_key)
     assert status == 400 and error["field"] == field
+
+
+def test_a_batch_is_claimed_in_the_order_it_was_given(api, user_key):
+    status, jobs = api.request("POST", "/jobs/batch",
+                               [sync_job(container_group_id="fifo", arguments=[str(i)])
+                                for i in range(20)], key=user_key)
+    assert status == 202
+    claimed = [claim(api, user_key, f"m{i}", "fifo")["id"] for i in range(20)]
+    assert claimed == [job["id"] for job in jobs]
