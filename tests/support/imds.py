@@ -5,20 +5,20 @@ Tests point the agent's KELPIE_IMDS_URL at it. Routes live in one table (`routes
 issuing), subclass and extend `routes()` or call `add_route()`.
 """
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.loopback_http import LoopbackServer, Request
 
 
-class FakeImds:
+class FakeImds(LoopbackServer):
     def __init__(self, jwt: str = "test-jwt"):
+        super().__init__()
         self.jwt = jwt
         self.calls: list[dict] = []
         self.deletion_cost: int | None = None
         self.reallocations: list[str] = []
         self._lock = threading.Lock()
         self._routes = self.routes()
-        self._server: ThreadingHTTPServer | None = None
 
     # --- endpoints ---
 
@@ -54,58 +54,15 @@ class FakeImds:
 
     # --- server ---
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeImds":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                call = {"method": self.command, "path": self.path, "body": body,
-                        "metadata_header": self.headers.get("Metadata")}
-                with fake._lock:
-                    fake.calls.append(call)
-                handler = fake._routes.get((self.command, self.path))
-                if self.headers.get("Metadata") != "true":
-                    status, payload = 400, {"error": "Metadata: true header required"}
-                elif handler is None:
-                    status, payload = 404, {"error": "not found"}
-                else:
-                    status, payload = handler(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = _handle
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="fake-imds").start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def respond(self, request: Request):
+        body = request.json
+        metadata = request.headers.get("Metadata")
+        with self._lock:
+            self.calls.append({"method": request.method, "path": request.path, "body": body,
+                               "metadata_header": metadata})
+        handler = self._routes.get((request.method, request.path))
+        if metadata != "true":
+            return 400, {"error": "Metadata: true header required"}
+        if handler is None:
+            return 404, {"error": "not found"}
+        return handler(body)

@@ -17,7 +17,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.loopback_http import LoopbackServer, Request
 
 BASE_PATH = "/api/public"
 PATTERN = re.compile(
@@ -49,8 +50,9 @@ class Failure:
     remaining: int
 
 
-class SaladApi:
+class SaladApi(LoopbackServer):
     def __init__(self, api_key: str = "salad-key-" + uuid.uuid4().hex[:8]):
+        super().__init__()
         self.api_key = api_key
         self.groups: dict[tuple[str, str, str], dict] = {}
         self.projects: set[tuple[str, str]] = set()
@@ -61,26 +63,30 @@ class SaladApi:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
-        self.server: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
 
     # --- Lifecycle ---
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{BASE_PATH}"
+        return f"http://127.0.0.1:{self.port}{BASE_PATH}"
 
-    def start(self) -> "SaladApi":
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def respond(self, request: Request):
+        try:
+            body = json.loads(request.raw) if request.raw else None
+        except ValueError:
+            body = request.raw.decode(errors="replace")
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            return self.handle(request.method, request.path, body,
+                               request.headers.get("Salad-Api-Key"),
+                               request.headers.get("Content-Type"))
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     # --- State and switches ---
 
@@ -179,42 +185,3 @@ class SaladApi:
 def _wire(group: dict) -> dict:
     return {"id": group["id"], "name": group["name"], "replicas": group["replicas"],
             "current_state": {"status": group["status"]}}
-
-
-def _handler(api: SaladApi):
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-            with api.lock:
-                api.in_flight += 1
-                api.max_in_flight = max(api.max_in_flight, api.in_flight)
-            try:
-                if api.delay:
-                    time.sleep(api.delay)
-                status, answer, headers = api.handle(
-                    self.command, self.path, body, self.headers.get("Salad-Api-Key"),
-                    self.headers.get("Content-Type"))
-            finally:
-                with api.lock:
-                    api.in_flight -= 1
-            payload = b"" if answer is None else json.dumps(answer).encode()
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if payload:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-        def log_message(self, *args):
-            pass
-
-    return Handler

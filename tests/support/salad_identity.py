@@ -15,11 +15,12 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.support.loopback_http import LoopbackServer, Request
 
 AUTH_PATH = "/api/v1/kelpie/authenticate"
 JWKS_PATH = "/.well-known/workload-jwks.json"
@@ -99,7 +100,7 @@ def hs256_with_public_key(signing_key: SigningKey, claims: dict) -> str:
     return f"{header}.{payload}.{b64(mac)}"
 
 
-class FakeSaladIdentity:
+class FakeSaladIdentity(LoopbackServer):
     """Salad's authentication service and workload JWKS, recording every call.
 
     Auth service: POST AUTH_PATH with HTTP basic auth (the Kelpie service's credentials) and
@@ -108,6 +109,7 @@ class FakeSaladIdentity:
     """
 
     def __init__(self, username: str = "kelpie-service", password: str = "service-secret"):
+        super().__init__()
         self.username = username
         self.password = password
         # api key -> {organization name -> entitled}
@@ -122,8 +124,6 @@ class FakeSaladIdentity:
         self.jwks_delay = 0.0
         self.calls: list[dict] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._port = 0
 
     # --- configuration ---
 
@@ -188,10 +188,6 @@ class FakeSaladIdentity:
     # --- server ---
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
     def auth_url(self) -> str:
         return self.url + AUTH_PATH
 
@@ -199,55 +195,13 @@ class FakeSaladIdentity:
     def jwks_url(self) -> str:
         return self.url + JWKS_PATH
 
-    def start(self) -> "FakeSaladIdentity":
-        """Start serving; after stop(), start() serves again on the same port."""
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                with fake._lock:
-                    fake.calls.append({"method": self.command, "path": self.path, "body": body,
-                                       "authorization": self.headers.get("Authorization")})
-                if (self.command, self.path) == ("POST", AUTH_PATH):
-                    status, payload = fake._authenticate(self.headers, body)
-                elif (self.command, self.path) == ("GET", JWKS_PATH):
-                    status, payload = fake._jwks()
-                else:
-                    status, payload = 404, {"error": "not found"}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _handle
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="fake-salad-identity").start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening: connections are refused until start() again."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def respond(self, request: Request):
+        body = request.json
+        with self._lock:
+            self.calls.append({"method": request.method, "path": request.path, "body": body,
+                               "authorization": request.headers.get("Authorization")})
+        if (request.method, request.path) == ("POST", AUTH_PATH):
+            return self._authenticate(request.headers, body)
+        if (request.method, request.path) == ("GET", JWKS_PATH):
+            return self._jwks()
+        return 404, {"error": "not found"}

@@ -8,8 +8,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.support.loopback_http import LoopbackServer, Request
 from tests.support.net import free_port, wait_until
 
 
@@ -34,10 +34,10 @@ class Received:
         return self.headers.get("x-kelpie-signature")
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        # The port is fixed up front: tests give the URL to jobs before the receiver is up.
+        super().__init__(port or free_port())
         self.lock = threading.Lock()
         self.received: list[Received] = []  # every request, answered well or not
         # Answers to give, in order; when empty, `status`.
@@ -45,51 +45,20 @@ class WebhookReceiver:
         self.status = 200
         self.delay = 0.0
         self.response_body = b"ok"
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self) -> "WebhookReceiver":
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                with receiver.lock:
-                    status = receiver.script.pop(0) if receiver.script else receiver.status
-                    receiver.received.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, raw,
-                        status))
-                if receiver.delay:
-                    time.sleep(receiver.delay)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(receiver.response_body)))
-                self.end_headers()
-                self.wfile.write(receiver.response_body)
-
-            def log_message(self, *args):
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    def respond(self, request: Request):
+        with self.lock:
+            status = self.script.pop(0) if self.script else self.status
+            self.received.append(Received(
+                request.path, {k.lower(): v for k, v in request.headers.items()}, request.raw,
+                status))
+        if self.delay:
+            time.sleep(self.delay)
+        return status, self.response_body
 
     # --- what arrived
 
