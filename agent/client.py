@@ -156,13 +156,20 @@ class ApiClient:
             return body
         return None
 
-    def heartbeat(self, job_id: str, interval: float = 30, attempts: int = 2) -> str:
-        """The job's status as the API sees it for this machine ("running", "canceled", …).
+    def heartbeat(self, job_id: str, interval: float = 30, attempts: int = 2) -> str | None:
+        """The job's status as the API sees it for this machine ("running", "canceled", …), or
+        None when the answer carries no usable status (a proxy's "200 ok", an empty body): the
+        heartbeat went through, but it says nothing about the job either way.
         A hanging API must not hold up the next heartbeat: each try is bounded by the job's
         heartbeat interval (between 2 and 30 s)."""
         _, body = self.request("POST", f"/jobs/{job_id}/heartbeat", self._identity(),
                                attempts=attempts, timeout=min(30.0, max(2.0, interval)))
-        return (body or {}).get("status", "running")
+        status = body.get("status") if isinstance(body, dict) else None
+        if isinstance(status, str) and status:
+            return status
+        log.warning("heartbeat answer without a usable status",
+                    extra={"body": str(body)[:200]})
+        return None
 
     def report_completed(self, job_id: str) -> None:
         deadline = time.monotonic() + self.config.report_timeout

@@ -1,4 +1,5 @@
-"""The agent's lifecycle: poll → claim → download → run → sync → report → purge → poll again."""
+"""The agent's lifecycle: poll → claim → prepare directories → download → run → sync → report →
+clean up → poll again."""
 
 import signal
 import threading
@@ -9,7 +10,7 @@ from agent import log as agent_log
 from agent.client import ApiClient, ApiError, ApiUnavailable
 from agent.config import Config
 from agent.imds import DELETION_COST_UPLOADING, Imds
-from agent.jobs import JobError, JobPlan, child_environment, plan_for, purge
+from agent.jobs import JobDirectories, JobError, JobPlan, child_environment, plan_for, prepare_directories
 from agent.runner import ChildProcess
 from agent.state import StateFile
 from agent.storage import Fingerprint, Storage, TransferFailed
@@ -61,31 +62,39 @@ class Heartbeat:
                 and time.monotonic() - self.last_confirmed < 2 * self.interval)
 
     def _run(self) -> None:
-        imds = self.worker.imds
+        # Nothing may end this thread while the job runs: without heartbeats the lease runs
+        # out and the job moves to another machine while this one still works on it. Any
+        # surprise is logged and the rhythm kept.
         while not self.stop_event.wait(self.interval):
             try:
-                status = self.worker.client.heartbeat(self.job_id, self.interval)
-            except ApiError as error:
-                if error.status in (404, 409):
-                    status = "canceled"
-                else:
-                    log.warning("heartbeat refused", extra={"status": error.status})
-                    continue
-            except ApiUnavailable as error:
-                log.warning("heartbeat failed; the job keeps running",
-                            extra={"error": str(error)})
-                continue
-            self.count += 1
-            if status == "running":
-                self.last_confirmed = time.monotonic()
-            if not self.final_upload:
-                imds.set_deletion_cost(self.count)
-            if status != "running":
-                log.info("the API says this job is no longer ours to run",
-                         extra={"status": status})
-                self.lost_status = status
-                self.lost.set()
-                return
+                if self._beat():
+                    return
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("heartbeat failed unexpectedly; the job keeps running")
+
+    def _beat(self) -> bool:
+        """One heartbeat; True once the job is no longer ours."""
+        try:
+            status = self.worker.client.heartbeat(self.job_id, self.interval)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                log.warning("heartbeat refused", extra={"status": error.status})
+                return False
+            status = "canceled"
+        except ApiUnavailable as error:
+            log.warning("heartbeat failed; the job keeps running", extra={"error": str(error)})
+            return False
+        self.count += 1
+        if status == "running":
+            self.last_confirmed = time.monotonic()
+        if not self.final_upload:
+            self.worker.imds.set_deletion_cost(self.count)
+        if status is None or status == "running":
+            return False  # None: answered, but without a status: neither confirmed nor lost
+        log.info("the API says this job is no longer ours to run", extra={"status": status})
+        self.lost_status = status
+        self.lost.set()
+        return True
 
 
 class Worker:
@@ -181,11 +190,11 @@ class Worker:
         heartbeat = Heartbeat(self, job_id, float(job.get("heartbeat_interval") or 30))
         heartbeat.start()
         self.imds.set_deletion_cost(1)
-        plan = None
+        directories = None
         try:
             plan = plan_for(job, self.config)
-            purge(plan.directories(), self.config)
-            self._attempt(plan, heartbeat)
+            directories = prepare_directories(plan, self.config)
+            self._attempt(plan, heartbeat, directories)
         except JobError as error:
             self._report_failed(job_id, None, f"invalid job: {error}")
         except JobLost:
@@ -194,11 +203,11 @@ class Worker:
             log.info("left the job for another machine; nothing reported")
             heartbeat.stop()
             self.state.update(status="stopping")
-            return  # the node is going away: no purge, no further work
+            return  # the node is going away: no cleaning, no further work
         finally:
             heartbeat.stop()
-        if plan is not None:
-            purge(plan.directories(), self.config)
+        if directories is not None:
+            directories.clean()
         self.imds.set_deletion_cost(0)
         self.state.update(status="idle", job_id=None, job=None, child_pid=None)
 
@@ -212,7 +221,8 @@ class Worker:
                 raise ShuttingDown()
             time.sleep(0.05)
 
-    def _attempt(self, plan: JobPlan, heartbeat: Heartbeat) -> None:
+    def _attempt(self, plan: JobPlan, heartbeat: Heartbeat,
+                 directories: JobDirectories) -> None:
         # 1. sync.before, in a helper thread so a cancel or shutdown need not wait for it.
         self.state.update(status="downloading")
         downloads: Future = Future()
@@ -224,6 +234,8 @@ class Worker:
         except TransferFailed as error:
             self._report_failed(plan.job_id, None, f"download failed: {error}")
             return
+        directories.record_downloaded(rule.local_dir / rel for rule in plan.before
+                                      for rel in known.get(_destination(rule), {}))
 
         # 2. watch sync.during, then start the command.
         syncers = [DirectorySync(

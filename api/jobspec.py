@@ -3,12 +3,16 @@ or raises ValidationError naming the field.
 
 Rules follow the original service: either `sync` or all six legacy bucket/prefix fields,
 never both and never neither; `sync.before` entries download, `during`/`after` upload; every
-prefix ends with "/".
+prefix ends with "/". The agent's own rules judge what a sync entry names, so the API never
+accepts a job the agent would refuse: `pattern` is compiled by its linear-time engine
+(agent/pattern.py) and `local_path` goes through its rule (agent/paths.py: no system
+directory, no climbing out of the work directory).
 """
 
-import re
 from urllib.parse import urlparse
 
+from agent.paths import local_path_problem
+from agent.pattern import PatternRefused, compile_pattern
 from api.config import Settings
 from api.errors import ValidationError
 from api.fields import is_storable, text
@@ -60,14 +64,19 @@ def _sync_entry(entry, field: str, expected_direction: str) -> dict:
     pattern = text(entry.get("pattern"), f"{field}.pattern", required=False)
     if pattern is not None:
         try:
-            re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as error:
-            raise ValidationError(f"{field}.pattern",
-                                  f"is not a valid regular expression ({error})") from None
+            compile_pattern(pattern)
+        except PatternRefused as error:
+            raise ValidationError(f"{field}.pattern", error.reason) from None
+    bucket = text(entry.get("bucket"), f"{field}.bucket", max_length=255)
+    prefix = _prefix(entry.get("prefix"), f"{field}.prefix")
+    local_path = text(entry.get("local_path"), f"{field}.local_path")
+    problem = local_path_problem(local_path)
+    if problem:
+        raise ValidationError(f"{field}.local_path", problem)
     return {
-        "bucket": text(entry.get("bucket"), f"{field}.bucket", max_length=255),
-        "prefix": _prefix(entry.get("prefix"), f"{field}.prefix"),
-        "local_path": text(entry.get("local_path"), f"{field}.local_path"),
+        "bucket": bucket,
+        "prefix": prefix,
+        "local_path": local_path,
         "direction": direction,
         "pattern": pattern,
     }

@@ -7,6 +7,8 @@ describe the same rules for clients and for schemathesis.
 
 from sanic_ext.extensions.openapi.definitions import Reference
 
+from agent.pattern import MAX_PATTERN_LENGTH, MAX_PROGRAM_SIZE
+
 TIMESTAMP = {"type": "string", "format": "date-time", "nullable": True,
              "example": "2024-04-19T18:53:31.000Z"}
 STATUS = {"type": "string", "enum": ["pending", "running", "completed", "canceled", "failed"]}
@@ -18,10 +20,17 @@ SYNC_ENTRY = {
     "properties": {
         "bucket": {"type": "string", "minLength": 1},
         "prefix": {"type": "string", "description": "A trailing / is added when missing."},
-        "local_path": {"type": "string", "minLength": 1},
+        "local_path": {"type": "string", "minLength": 1,
+                       "description": "Absolute, or relative to the agent's work directory. "
+                       "Refused: relative paths that climb out of it (../x), the system's "
+                       "directories (/etc /usr /bin /sbin /lib* /proc /sys /dev /boot and below; "
+                       "/, /root, /home, /var, /tmp and ~ themselves)."},
         "direction": {"type": "string", "enum": ["download", "upload"]},
-        "pattern": {"type": "string", "nullable": True,
-                    "description": "Regular expression on the path relative to local_path."},
+        "pattern": {"type": "string", "nullable": True, "maxLength": MAX_PATTERN_LENGTH,
+                    "description": "Regular expression (Python syntax) searched in the path "
+                    "relative to local_path, in linear time. Refused: backreferences, "
+                    "lookaround, conditionals, atomic groups, possessive repeats, and more than "
+                    f"{MAX_PROGRAM_SIZE} states once counted repeats are expanded."},
     },
     "additionalProperties": False,
 }

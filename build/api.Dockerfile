@@ -5,7 +5,8 @@
 #     -e KELPIE_ADMIN_KEY=... kelpie-api
 # Migrations run at every start (they are versioned, so a start on an up-to-date database
 # changes nothing); several replicas may share one database.
-FROM python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,9 +21,10 @@ WORKDIR /app
 COPY requirements/api.txt requirements/api.txt
 RUN pip install --no-cache-dir -r requirements/api.txt
 
-# The API, plus the one agent file it reads (the version, kept in one place for both).
+# The API, plus the agent modules it shares so that each rule lives in one place: the version,
+# and the `local_path` and pattern rules that the API checks at submission and the agent obeys.
 COPY api/ api/
-COPY agent/__init__.py agent/version.py agent/
+COPY agent/__init__.py agent/version.py agent/paths.py agent/pattern.py agent/
 
 RUN useradd --system --uid 10001 --no-create-home kelpie
 USER kelpie

@@ -1,6 +1,6 @@
 import pytest
 
-from agent.jobs import JobError, child_environment, plan_for, purge
+from agent.jobs import JobError, child_environment, plan_for
 
 
 def test_sync_job_plan_resolves_local_paths(make_config, tmp_path):
@@ -44,11 +44,23 @@ def test_unrunnable_jobs_are_job_errors(make_config, job):
         plan_for(job, make_config())
 
 
-def test_purge_empties_directories_but_never_the_work_dir(make_config, tmp_path):
-    config = make_config()
-    (tmp_path / "d" / "sub").mkdir(parents=True)
-    (tmp_path / "d" / "sub" / "f").write_text("x")
-    (tmp_path / "keep.txt").write_text("x")
-    purge([tmp_path / "d", tmp_path, tmp_path.parent], config)
-    assert (tmp_path / "d").is_dir() and not any((tmp_path / "d").iterdir())
-    assert (tmp_path / "keep.txt").exists()
+@pytest.mark.timeout(60)
+def test_a_catastrophic_pattern_is_evaluated_in_linear_time(make_config):
+    """`^(a+)+$` froze the agent: Python's re took exponential time on a long name of `a`s,
+    holding the GIL (no heartbeats, SIGTERM ignored)."""
+    plan = plan_for({"id": "j", "command": "x", "sync": {"during": [
+        {"bucket": "b", "local_path": "d", "pattern": r"^(a+)+$"}]}}, make_config())
+    [rule] = plan.during
+    assert not rule.matches("a" * 200 + "!")
+    assert rule.matches("a" * 200)
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [
+    (r"(a)\1", "backreference"), (r"(?=x)", "lookahead"), ("(", "not a valid regular"),
+])
+def test_a_pattern_the_engine_refuses_fails_the_job_with_the_reason(make_config, pattern,
+                                                                      reason):
+    with pytest.raises(JobError) as refused:
+        plan_for({"id": "j", "command": "x", "sync": {"during": [
+            {"bucket": "b", "local_path": "d", "pattern": pattern}]}}, make_config())
+    assert "sync.during[0].pattern" in str(refused.value) and reason in str(refused.value)
