@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+PODMAN ?= podman
+# Made by build/python_base_image.sh for make test-api-image; removed by make clean.
+PYTHON_BASE_IMAGE := localhost/kelpie-python-base:3.11-bookworm
 
-.PHONY: install test lint run demo bench build-agent clean
+.PHONY: install test test-api-image lint run demo local bench build-agent container-tools clean
 
 install: $(STAMP)
 
@@ -14,8 +17,15 @@ $(STAMP): requirements/api.txt requirements/agent.txt requirements/dev.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/dev.txt
 	touch $(STAMP)
 
-test: install
+# build-agent first: tests/build runs dist/kelpie, and building it inside a test's set-up would
+# count against pytest's per-test timeout (a no-op, 0.1 s, when the binary is current).
+test: install build-agent
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# build/api.Dockerfile built and run with podman (a few minutes the first time: it makes its
+# Python base image with debootstrap). Left out of `make test`; CI runs it.
+test-api-image: install container-tools
+	$(BIN)/python -m pytest -m api_image tests/build/test_containers.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -26,11 +36,23 @@ run: install
 demo: install
 	$(BIN)/python -m examples.demo
 
+# The API, SeaweedFS and an agent on this machine, off Salad, until Ctrl-C (README: "By hand").
+local: install
+	$(BIN)/python -m examples.local
+
 bench: install
 	$(BIN)/python -m bench
 
 build-agent:
 	bash build/build_agent.sh
 
+# podman, runc and busybox-static from Debian, for tests/build/test_containers.py.
+container-tools:
+	bash build/container_tools.sh
+
+# Everything the targets above create (tests/build/test_make_clean.py keeps this list whole).
 clean:
-	rm -rf $(VENV) dist .pytest_cache kelpie.db
+	rm -rf $(VENV) .venv-bench dist build/work .pytest_cache .ruff_cache .demo .dev \
+	  kelpie.db kelpie.db-wal kelpie.db-shm
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	! command -v $(PODMAN) >/dev/null || $(PODMAN) rmi -f $(PYTHON_BASE_IMAGE) >/dev/null 2>&1 || true

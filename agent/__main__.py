@@ -1,4 +1,5 @@
-"""`python -m agent` (the `kelpie` binary): run the worker agent until told to stop."""
+"""`python -m agent` (the `kelpie` binary): with no arguments, the worker agent until told to
+stop; `kelpie jobs ...`, the client."""
 
 import sys
 
@@ -6,12 +7,19 @@ from agent import config as agent_config
 from agent import log as agent_log
 from agent.version import __version__
 
-USAGE = f"""kelpie {__version__}: the Kelpie worker agent.
+USAGE = f"""kelpie {__version__}: the Kelpie worker agent, and a client for its API.
 
-Polls the Kelpie API for jobs, runs each job's command, keeps its checkpoints and outputs in
-S3-compatible storage, and reports the outcome. Configured entirely from the environment.
+With no arguments: the agent. It polls the Kelpie API for jobs, runs each job's command, keeps
+its checkpoints and outputs in S3-compatible storage, and reports the outcome. Configured
+entirely from the environment (below).
 
 usage: kelpie [--help | --version]
+       kelpie jobs submit FILE|-          submit a job (a batch if the file holds a list)
+       kelpie jobs list [--status S] [--group G] [--page N] [--page-size N]
+       kelpie jobs get ID [--watch]       a job and its timeline; --watch follows it live
+       kelpie jobs cancel ID
+       kelpie jobs events ID
+       (each takes --json; `kelpie jobs --help` lists the client's options and exit codes)
 """
 
 
@@ -24,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         print(agent_config.help_text())
         return 0
+    if args and args[0] == "jobs":
+        # Imported here so the agent and --version never load the client.
+        from agent.client_cli import main as client_main
+
+        return client_main(args[1:])
     if args:
         print(f"kelpie: unknown argument {args[0]!r} (try --help)", file=sys.stderr)
         return 2

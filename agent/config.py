@@ -22,6 +22,10 @@ class Setting:
     help: str
 
 
+# The original worker's directories for legacy jobs. Not under /kelpie: that is where the
+# documented Dockerfile puts the executable itself, so nothing could be created beneath it.
+LEGACY_DIRS = {"INPUT_DIR": "/input", "CHECKPOINT_DIR": "/checkpoint", "OUTPUT_DIR": "/output"}
+
 SETTINGS: list[Setting] = [
     Setting(("KELPIE_API_URL",), None, "Root URL of the Kelpie API (required)."),
     Setting(("KELPIE_API_KEY",), None,
@@ -64,10 +68,12 @@ SETTINGS: list[Setting] = [
             "How long a completed/failed report keeps being retried through an API outage."),
     Setting(("KELPIE_WORK_DIR",), "<current directory>",
             "Directory the command runs in; relative sync local_path values are resolved here."),
-    Setting(("INPUT_DIR",), "/kelpie/input", "Legacy jobs: where inputs are downloaded."),
-    Setting(("CHECKPOINT_DIR",), "/kelpie/checkpoints",
+    Setting(("INPUT_DIR",), LEGACY_DIRS["INPUT_DIR"],
+            "Legacy jobs: where inputs are downloaded."),
+    Setting(("CHECKPOINT_DIR",), LEGACY_DIRS["CHECKPOINT_DIR"],
             "Legacy jobs: checkpoints downloaded before and uploaded while the job runs."),
-    Setting(("OUTPUT_DIR",), "/kelpie/output", "Legacy jobs: outputs uploaded as they appear."),
+    Setting(("OUTPUT_DIR",), LEGACY_DIRS["OUTPUT_DIR"],
+            "Legacy jobs: outputs uploaded as they appear."),
     Setting(("KELPIE_IMDS_URL",), "http://169.254.169.254",
             "Salad instance metadata service (header Metadata: true)."),
     Setting(("FILE_WATCHER_MODE",), "auto",
@@ -230,9 +236,9 @@ def load(environ: dict | None = None) -> Config:
         kill_grace=_number(env, "KELPIE_KILL_GRACE_S", 10),
         report_timeout=_number(env, "KELPIE_REPORT_TIMEOUT_S", 600),
         work_dir=work_dir,
-        input_dir=work_dir / (_get(env, "INPUT_DIR") or "/kelpie/input"),
-        checkpoint_dir=work_dir / (_get(env, "CHECKPOINT_DIR") or "/kelpie/checkpoints"),
-        output_dir=work_dir / (_get(env, "OUTPUT_DIR") or "/kelpie/output"),
+        input_dir=work_dir / (_get(env, "INPUT_DIR") or LEGACY_DIRS["INPUT_DIR"]),
+        checkpoint_dir=work_dir / (_get(env, "CHECKPOINT_DIR") or LEGACY_DIRS["CHECKPOINT_DIR"]),
+        output_dir=work_dir / (_get(env, "OUTPUT_DIR") or LEGACY_DIRS["OUTPUT_DIR"]),
         imds_url=_url(env, ("KELPIE_IMDS_URL",), default="http://169.254.169.254"),
         watcher_mode=watcher_mode,
         watcher_poll_interval=_number(env, "FILE_WATCHER_POLL_INTERVAL_S", 0.2, minimum=0.01),
@@ -252,9 +258,59 @@ def load(environ: dict | None = None) -> Config:
 
 
 def help_text() -> str:
+    return _settings_help(SETTINGS)
+
+
+def _settings_help(settings: list[Setting]) -> str:
     lines = ["Environment variables (first name wins, later names are aliases):", ""]
-    for setting in SETTINGS:
+    for setting in settings:
         default = "" if setting.default is None else f" [default: {setting.default}]"
         lines.append(f"  {' / '.join(setting.names)}{default}")
         lines.append(f"      {setting.help}")
     return "\n".join(lines)
+
+
+# --- the client (`kelpie jobs ...`): who to ask and as whom ---
+
+CLIENT_SETTINGS: list[Setting] = [
+    Setting(("KELPIE_API_URL",), None, "Root URL of the Kelpie API (required)."),
+    Setting(("KELPIE_API_KEY",), None, "Your Kelpie API key, sent as X-Kelpie-Key."),
+    Setting(("SALAD_API_KEY",), None,
+            "Or a Salad API key (Salad-Api-Key), when KELPIE_API_KEY is not set; needs "
+            "SALAD_ORGANIZATION and SALAD_PROJECT."),
+    Setting(("SALAD_ORGANIZATION", "SALAD_ORGANIZATION_NAME"), None,
+            "Salad organization, sent as Salad-Organization with SALAD_API_KEY."),
+    Setting(("SALAD_PROJECT", "SALAD_PROJECT_NAME"), None,
+            "Salad project, sent as Salad-Project with SALAD_API_KEY."),
+]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    api_url: str
+    auth_headers: dict = field(repr=False)  # never printed: it holds the key
+
+
+def load_client(environ: dict | None = None) -> ClientConfig:
+    """The client's settings. A user's own credentials only: the instance-metadata JWT is a
+    worker's credential, so it is never used here."""
+    env = dict(os.environ if environ is None else environ)
+    api_url = _url(env, ("KELPIE_API_URL",), required=True)
+    kelpie_api_key = _get(env, "KELPIE_API_KEY")
+    if kelpie_api_key:
+        return ClientConfig(api_url, {"X-Kelpie-Key": kelpie_api_key})
+    salad_api_key = _get(env, "SALAD_API_KEY")
+    if salad_api_key:
+        organization = _get(env, "SALAD_ORGANIZATION", "SALAD_ORGANIZATION_NAME")
+        project = _get(env, "SALAD_PROJECT", "SALAD_PROJECT_NAME")
+        if not organization or not project:
+            raise ConfigError("SALAD_API_KEY needs SALAD_ORGANIZATION and SALAD_PROJECT")
+        return ClientConfig(api_url, {"Salad-Api-Key": salad_api_key,
+                                      "Salad-Organization": organization,
+                                      "Salad-Project": project})
+    raise ConfigError("set KELPIE_API_KEY (or SALAD_API_KEY with SALAD_ORGANIZATION and "
+                      "SALAD_PROJECT)")
+
+
+def client_help_text() -> str:
+    return _settings_help(CLIENT_SETTINGS)

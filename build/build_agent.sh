@@ -9,7 +9,9 @@
 # 2. staticx wraps that executable with the glibc and loader it was linked against, so it needs
 #    nothing from the host's C library (old glibc, musl/Alpine, or none at all). The wrapper is
 #    written uncompressed: the PyInstaller archive inside is compressed already, and skipping
-#    staticx's xz pass halves the start-up time for ~2 MB.
+#    staticx's xz pass halves the start-up time for ~2 MB. Its bootloader is built from source
+#    with one change, so that an image with no /tmp (FROM scratch) can run it:
+#    build/staticx/build_bootloader.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,9 @@ for tool in objdump objcopy strip; do
   command -v "$tool" >/dev/null || { apt_packages+=(binutils); break; }
 done
 command -v ldd >/dev/null || apt_packages+=(libc-bin)
+# staticx's bootloader is rebuilt with one change (build/staticx/build_bootloader.sh says why).
+command -v musl-gcc >/dev/null || apt_packages+=(musl-tools)
+command -v patch >/dev/null || apt_packages+=(patch)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing ${apt_packages[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -54,13 +59,20 @@ if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$req_hash" ]; then
   echo "$req_hash" > "$VENV/.requirements"
 fi
 
+# --- staticx's bootloader: ours, so the executable runs where there is no /tmp ----------------
+bootloader=$(bash build/staticx/build_bootloader.sh "$VENV/bin/python")
+asset=$("$VENV/bin/python" -c 'import pathlib, staticx
+print(pathlib.Path(staticx.__file__).parent / "assets" / "release" / "bootloader")')
+cmp -s "$bootloader" "$asset" || install -m 0755 "$bootloader" "$asset"
+
 # --- is the existing binary current? --------------------------------------------------------
 # Everything that can change the executable: the agent's sources, the spec and its helpers, the
 # pinned requirements and this script.
 inputs_hash=$(
   {
     find agent build/pyinstaller -type f -name '*.py' -print0 | sort -z | xargs -0 sha256sum
-    sha256sum pyinstaller.spec requirements/build.txt requirements/agent.txt build/build_agent.sh
+    sha256sum pyinstaller.spec requirements/build.txt requirements/agent.txt build/build_agent.sh \
+      build/staticx/tmpdir.patch build/staticx/build_bootloader.sh
   } | sha256sum | cut -d' ' -f1
 )
 if [ -z "${KELPIE_FORCE_BUILD:-}" ] && [ -x "$OUT" ] && [ -f "$OUT.sha256" ] \

@@ -20,10 +20,13 @@ if [ -n "$tag" ] && [ "${tag#v}" != "$version" ]; then
 fi
 (cd dist && sha256sum -c --quiet kelpie.sha256)
 
-# The empty-root checks (tests/build): --version, --help, a whole job against the API and
-# SeaweedFS on loopback, TLS trust. They need the dev environment for the API and SeaweedFS.
+# The executable's own checks from tests/build: in an empty root (no /tmp) --version, --help, a
+# whole job against the API and SeaweedFS on loopback, TLS trust, the client; and what went into
+# the bundle. They need the dev environment for the API and SeaweedFS. (The rest of tests/build,
+# containers and the make targets, is CI's.)
 make install
-KELPIE_AGENT_BINARY="$PWD/dist/kelpie" .venv/bin/python -m pytest tests/build -q -p no:cacheprovider
+KELPIE_AGENT_BINARY="$PWD/dist/kelpie" .venv/bin/python -m pytest tests/build/test_binary.py \
+  tests/build/test_bundle.py -q -p no:cacheprovider
 
 echo "release: dist/kelpie $version ready to publish"
 cat dist/kelpie.sha256

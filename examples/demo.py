@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent.client_cli import render
 from tests.support.api_process import ApiProcess
 from tests.support.imds import FakeImds
 from tests.support.net import wait_until
@@ -166,6 +167,7 @@ def main() -> int:
         say("objects in s3://kelpie-demo/demo/:")
         for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="demo/").get("Contents", []):
             print(f"    {obj['Size']:>8}  {obj['Key']}")
+        print_history(api.request("GET", f"/jobs/{job['id']}/events", key=key)[1]["events"])
         say(f"logs: {DEMO_DIR}/machine-a.log, machine-b.log, api.log")
         return 0
     finally:
@@ -177,5 +179,25 @@ def main() -> int:
                 say(f"  could not stop {thing}: {error}")
 
 
+def print_history(events: list[dict]) -> None:
+    """The job's timeline as `kelpie jobs get ID` shows it; the heartbeat_lost line is the
+    story: machine-a went silent and machine-b took the job over."""
+    say("the job's history (GET /jobs/:id/events, as `kelpie jobs get ID` prints it):")
+    for event in events:
+        marker = ">>" if event["kind"] == "heartbeat_lost" else "  "
+        print(f"  {marker} {render.event_line(event)}")
+
+
+def run() -> int:
+    try:
+        code = main()
+    except Exception as error:  # noqa: BLE001 - one clear line, then the traceback
+        say(f"FAILED: {error}")
+        raise
+    say("done: the job completed exactly once, across a lost node" if code == 0
+        else f"FAILED (exit {code}); see the logs in {DEMO_DIR}")
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

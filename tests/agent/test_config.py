@@ -17,7 +17,9 @@ def test_defaults_and_aliases(tmp_path):
     assert config.s3_region == "eu-west-1"
     assert config.s3_endpoint_url == "http://127.0.0.1:1"
     assert config.input_dir == tmp_path / "in"
-    assert str(config.checkpoint_dir) == "/kelpie/checkpoints"
+    # The original worker's defaults, outside /kelpie (where the documented image puts the binary).
+    assert str(config.checkpoint_dir) == "/checkpoint"
+    assert str(config.output_dir) == "/output"
     assert config.idle_poll_interval == 10 and config.max_job_failures == 3
     assert config.imds_url == "http://169.254.169.254"
 

@@ -35,35 +35,36 @@ def kelpie_binary() -> Path:
 
 
 class EmptyRoot:
-    """A directory holding only the binary (as /kelpie) and an empty /tmp, run with chroot.
+    """A directory holding only the binary (as /kelpie), run with chroot.
 
-    No libc, no loader, no Python, no certificates, no /etc at all. Added are only the two
-    things every container runtime puts into a container whatever its image holds: /proc (the
-    binary finds itself through /proc/self/exe), mounted in a private mount namespace of the
-    chrooted process so nothing stays mounted on the host whatever happens to the test, and
-    the /dev/null device (the agent gives it to the job's command as stdin).
+    No libc, no loader, no Python, no certificates, no /etc and no /tmp: an image built FROM
+    scratch has none of them (the binary makes /tmp itself when it is missing). Added are only
+    the two things every container runtime puts into a container whatever its image holds:
+    /proc (the binary finds itself through /proc/self/exe), mounted in a private mount
+    namespace of the chrooted process so nothing stays mounted on the host whatever happens to
+    the test, and the /dev/null device (the agent gives it to the job's command as stdin).
     """
 
     def __init__(self, path: Path, binary: Path):
         self.path = path
-        (path / "tmp").mkdir(mode=0o1777)
-        os.chmod(path / "tmp", 0o1777)  # mkdir's mode is masked by the umask
         (path / "proc").mkdir()
         (path / "dev").mkdir()
         os.mknod(path / "dev" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         shutil.copy2(binary, path / "kelpie")
         os.chmod(path / "kelpie", 0o755)
 
-    def argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str, user: str | None = None) -> list[str]:
         # Absolute tool paths: the environment given to the binary has no PATH.
+        as_user = [f"--userspec={user}"] if user else []
         return [shutil.which("unshare"), "--mount", f"--mount-proc={self.path / 'proc'}",
-                shutil.which("chroot"), str(self.path), *args]
+                shutil.which("chroot"), *as_user, str(self.path), *args]
 
-    def run(self, *args: str, env: dict | None = None, timeout: float = 60):
+    def run(self, *args: str, env: dict | None = None, timeout: float = 60,
+            user: str | None = None, stdin: str | None = None):
         # The host's environment is not passed in: here it names CA files and tools that do
         # not exist inside the root, and a user's container would not have them either.
-        return subprocess.run(self.argv(*args), env=env or {}, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(self.argv(*args, user=user), env=env or {}, input=stdin,
+                              capture_output=True, text=True, timeout=timeout)
 
     def popen(self, *args: str, env: dict, log_path: Path) -> subprocess.Popen:
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it open
@@ -73,9 +74,9 @@ class EmptyRoot:
         finally:
             log.close()
 
-    def leftovers_in_tmp(self) -> list[str]:
+    def leftovers_in_tmp(self, tmp: str = "tmp") -> list[str]:
         """What the executable's two unpack stages (staticx, PyInstaller) left in /tmp."""
-        return sorted(name for name in os.listdir(self.path / "tmp")
+        return sorted(name for name in os.listdir(self.path / tmp)
                       if name.startswith(("staticx-", "_MEI")))
 
 

@@ -6,8 +6,10 @@ KELPIE_IMDS_URL points at a loopback stand-in and AWS_EC2_METADATA_DISABLED keep
 from 169.254.169.254.
 """
 
+import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -79,10 +81,33 @@ def stop_agent(process: subprocess.Popen, timeout: float = 30) -> int:
 
 
 def test_version_in_empty_root(empty_root):
+    """An image FROM scratch has no /tmp: the executable makes the one every Linux system has
+    (both unpack stages need it), and leaves nothing in it."""
+    assert not (empty_root.path / "tmp").exists()
     result = empty_root.run("/kelpie", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == __version__
+    tmp = (empty_root.path / "tmp").stat()
+    assert stat.S_ISDIR(tmp.st_mode) and stat.S_IMODE(tmp.st_mode) == 0o1777
     assert empty_root.leftovers_in_tmp() == []
+
+
+def test_tmpdir_is_honoured_and_then_no_tmp_is_made(empty_root):
+    (empty_root.path / "scratch").mkdir()
+    result = empty_root.run("/kelpie", "--version", env={"TMPDIR": "/scratch"})
+    assert result.returncode == 0, result.stderr
+    assert not (empty_root.path / "tmp").exists()
+    assert empty_root.leftovers_in_tmp("scratch") == []
+
+
+def test_no_tmp_and_no_right_to_make_one_is_one_clear_line(empty_root):
+    """A user who may not write to / (USER nobody in an image with no /tmp) is told what to
+    do, in one line."""
+    result = empty_root.run("/kelpie", "--version", user="65534:65534")
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Failed to create temporary directory in /tmp" in result.stderr
+    assert "set TMPDIR" in result.stderr
 
 
 def test_help_lists_every_setting(empty_root):
@@ -175,3 +200,30 @@ def test_https_uses_bundled_cas_and_ssl_cert_file(empty_root, tmp_path):
         finally:
             assert stop_agent(agent) == 0
 
+
+
+def test_client_commands_in_empty_root(empty_root, tmp_path):
+    """`kelpie jobs ...` from the frozen executable: urllib3 and the client are in the bundle,
+    and the exit codes come back through both unpack stages."""
+    with ApiProcess(f"sqlite:///{tmp_path}/kelpie.db", log_path=tmp_path / "api.log") as api:
+        key = api.create_user("empty-root-client")
+        env = {"KELPIE_API_URL": api.url, "KELPIE_API_KEY": key}
+        job = {"command": "/kelpie", "arguments": ["--version"],
+               "sync": {"after": [{"bucket": "b", "prefix": "out/", "local_path": "/out/",
+                                   "direction": "upload"}]}}
+        result = empty_root.run("/kelpie", "jobs", "submit", "-", env=env, stdin=json.dumps(job))
+        assert result.returncode == 0, result.stderr
+        job_id = result.stdout.strip()
+
+        result = empty_root.run("/kelpie", "jobs", "list", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        assert [j["id"] for j in json.loads(result.stdout)["jobs"]] == [job_id]
+
+        result = empty_root.run("/kelpie", "jobs", "cancel", job_id, env=env)
+        assert result.returncode == 0, result.stderr
+        result = empty_root.run("/kelpie", "jobs", "get", job_id, "--watch", env=env)
+        assert result.returncode == 5, result.stderr  # the watched job ended canceled
+        result = empty_root.run("/kelpie", "jobs", "cancel", job_id, env=env)
+        assert result.returncode == 1 and "409" in result.stderr
+    result = empty_root.run("/kelpie", "jobs", "list", env=env)
+    assert result.returncode == 3, result.stderr  # the API is gone
