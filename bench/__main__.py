@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark module (bench/bench_*.py, each with `run()`), in one go.
 
 `python -m bench api storage` runs only the named ones. Each prints its measurements, the
-reference measured in the same run, the ratio and the target.
+reference measured in the same run, the ratio and the target; it exits 1 when a benchmark
+broke or any target was missed.
 """
 
 import importlib
@@ -10,6 +11,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+from bench import targets
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +31,9 @@ def main(argv: list[str]) -> int:
         except Exception as error:  # one broken benchmark must not hide the others' numbers
             print(f"!! {name} failed: {error!r}")
             failed.append(name)
-    return 1 if failed else 0
+    if targets.missed:
+        print(f"\n!! targets missed: {', '.join(targets.missed)}")
+    return 1 if failed or targets.missed else 0
 
 
 def _cpus() -> int:

