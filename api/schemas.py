@@ -268,8 +268,12 @@ WEBHOOK_COMPONENTS = {
             "last_attempt": TIMESTAMP,
             "last_response_code": {"type": "integer", "nullable": True},
             "last_response_body": {"type": "string", "nullable": True,
-                                   "description": "At most the first 1 KiB."},
-            "last_error": NULLABLE_STRING,
+                                   "description": "Always null: the receiver's answer is never "
+                                                  "stored or shown."},
+            "last_duration_ms": {"type": "integer", "nullable": True},
+            "last_error": {**NULLABLE_STRING,
+                           "description": "HTTP <code>, the network error's class, or why the "
+                                          "destination was refused."},
             "next_retry": {**TIMESTAMP, "description": "Null unless pending."},
             "delivered": TIMESTAMP,
             "body": {"$ref": "#/components/schemas/WebhookBody"},

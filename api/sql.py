@@ -11,10 +11,11 @@ _NOT_BANNED = ("NOT EXISTS (SELECT 1 FROM job_bans b WHERE b.job_id = j.id AND b
 
 # Stale running jobs (the holder stopped heartbeating) first, then the oldest pending one.
 _STALE = ("SELECT 0 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
-          " WHERE j.user_id = {p} AND {group} AND j.status = 'running' AND j.lease_expires < {p}"
+          " WHERE j.user_id = {p}{project} AND {group} AND j.status = 'running'"
+          " AND j.lease_expires < {p}"
           " AND " + _NOT_BANNED + " ORDER BY j.lease_expires LIMIT 1")
 _PENDING = ("SELECT 1 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
-            " WHERE j.user_id = {p} AND {group} AND j.status = 'pending'"
+            " WHERE j.user_id = {p}{project} AND {group} AND j.status = 'pending'"
             " AND " + _NOT_BANNED + " ORDER BY j.created, j.id LIMIT 1")
 
 _CLAIM_CANDIDATE = {
@@ -48,22 +49,38 @@ def _placeholder(dialect: str) -> str:
     return "%s" if dialect == "postgresql" else "?"
 
 
-def claim_candidate(dialect: str, user_id: str, machine_id: str, container_group_id, now):
-    """(sql, params) selecting the job to hand to `machine_id`, locked where the dialect can."""
+def claim_candidate(dialect: str, user_id: str, machine_id: str, container_group_id, now,
+                    project: str | None = None):
+    """(sql, params) selecting the job to hand to `machine_id`, locked where the dialect can.
+    `project` confines a Salad principal to the jobs submitted under its project."""
     p = _placeholder(dialect)
     if container_group_id is None:
         group, group_params = "j.container_group_id IS NULL", []
     else:
         group, group_params = f"j.container_group_id = {p}", [container_group_id]
-    sql = _CLAIM_CANDIDATE[dialect].format(p=p, group=group)
-    params = ([user_id, *group_params, now, machine_id]
-              + [user_id, *group_params, machine_id])
+    if project is None:
+        project_sql, owner = "", [user_id]
+    else:
+        project_sql, owner = f" AND j.project = {p}", [user_id, project]
+    sql = _CLAIM_CANDIDATE[dialect].format(p=p, group=group, project=project_sql)
+    params = ([*owner, *group_params, now, machine_id]
+              + [*owner, *group_params, machine_id])
     return sql, params
 
 
-def heartbeat(dialect: str, job_id: str, machine_id: str, owner_id: str | None, now):
-    """(sql, params) refreshing the holder's heartbeat and lease; `owner_id` None = any user."""
+def heartbeat(dialect: str, job_id: str, machine_id: str, owner_id: str | None, now, *,
+              project: str | None = None, container_group_ids=None):
+    """(sql, params) refreshing the holder's heartbeat and lease; `owner_id` None = any user.
+    `project` and `container_group_ids` confine Salad principals and worker credentials."""
     p = _placeholder(dialect)
-    owner = "" if owner_id is None else f" AND user_id = {p}"
-    params = [now, now, job_id, machine_id] + ([] if owner_id is None else [owner_id])
+    owner, params = "", [now, now, job_id, machine_id]
+    if owner_id is not None:
+        owner += f" AND user_id = {p}"
+        params.append(owner_id)
+    if project is not None:
+        owner += f" AND project = {p}"
+        params.append(project)
+    if container_group_ids is not None:
+        owner += f" AND container_group_id IN ({', '.join([p] * len(container_group_ids))})"
+        params.extend(container_group_ids)
     return _HEARTBEAT[dialect].format(owner=owner), params
