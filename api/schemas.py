@@ -191,6 +191,8 @@ COMPONENTS = {
             "status": STATUS, "machine_id": NULLABLE_STRING,
             "attempt": {"type": "integer", "nullable": True},
             "exit_code": {"type": "integer", "nullable": True}, "reason": NULLABLE_STRING,
+            "actor": {**NULLABLE_STRING, "description": "Who caused it: admin, user:<id>, "
+                      "key:<id>, machine:<id> or system."},
         },
     },
     "JobEventList": {"type": "object", "required": ["events"],
