@@ -11,9 +11,12 @@ import uuid
 
 import pytest
 
+from api import egress, salad
 from tests.api.jobdefs import sync_job
 from tests.api.principals import ORG, ORG_USER, PROJECT_P, PROJECT_Q, World, call
+from tests.support import postgres
 from tests.support.api_process import REPO_ROOT, ApiProcess
+from tests.support.loopback_http import LoopbackServer
 from tests.support.net import wait_until
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -382,3 +385,73 @@ def test_a_revoked_key_stops_at_once_in_every_api_process(database_url, tmp_path
         assert all(api.request("GET", "/jobs", key=owner)[0] == 200 for _ in range(30))
         assert api.request("DELETE", f"/users/me/tokens/{key['id']}", key=owner) == (204, None)
         assert [api.request("GET", "/jobs", key=owner)[0] for _ in range(30)] == [403] * 30
+
+
+def test_healthz_never_shows_the_database_error(tmp_path):
+    name, url = postgres.create_database("health")
+    api = ApiProcess(url, log_path=tmp_path / "api.log")
+    try:
+        with api:
+            assert api.request("GET", "/healthz") == (200, {"status": "ok", "database": "ok"})
+            postgres.drop_database(name)  # connections terminated, the database gone
+            status, body = wait_until(lambda: (lambda answer: answer if answer[0] == 503
+                                               else None)(api.request("GET", "/healthz")),
+                                      timeout=30)
+            assert body == {"status": "unhealthy", "database": "unavailable"}
+            # The reason is in the server's log, for the operator.
+            assert "the database did not answer" in (tmp_path / "api.log").read_text()
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.mark.parametrize("address", [
+    "169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16",
+    "::ffff:100.100.100.200", "::ffff:168.63.129.16", "64:ff9b::a9fe:a9fe",
+    "64:ff9b::6464:64c8",
+])
+def test_metadata_addresses_are_always_refused(address):
+    with pytest.raises(egress.Refused):
+        egress.check_address(address, deny_private=False)
+
+
+@pytest.mark.parametrize("host", ["metadata.google.internal", "METADATA.GOOGLE.INTERNAL.",
+                                  "instance-data", "metadata.azure.internal"])
+def test_metadata_host_names_are_refused_before_resolving(host, monkeypatch):
+    def no_lookups(*args, **kwargs):
+        raise AssertionError(f"{host} was resolved")
+    monkeypatch.setattr(egress.socket, "getaddrinfo", no_lookups)
+    with pytest.raises(egress.Refused, match="metadata"):
+        egress.post(f"http://{host}/computeMetadata/v1/", b"{}", {})
+
+
+class _Redirector(LoopbackServer):
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+
+    def respond(self, request):
+        return 302, None, {"Location": self.target + request.path}
+
+
+class _Recorder(LoopbackServer):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def respond(self, request):
+        self.seen.append(dict(request.headers))
+        return 200, {"items": []}
+
+
+def test_salad_client_never_follows_a_redirect():
+    recorder = _Recorder().start()
+    redirector = _Redirector(recorder.url).start()
+    try:
+        client = salad.Client(redirector.url, "kelpie-own-salad-key", retries=0)
+        with pytest.raises(salad.SaladError) as raised:
+            client.request("GET", "/organizations/acme/projects/p/containers")
+        assert raised.value.status == 302
+        assert recorder.seen == []  # Kelpie's key went nowhere else
+    finally:
+        redirector.stop()
+        recorder.stop()
