@@ -81,7 +81,7 @@ def _key_options(body: dict) -> dict:
 
 @bp.post("/users/<user_id:str>/token")
 @documented("Administrator: issue another API key for a user (optionally named, scoped, "
-            "bound to container groups, expiring)", responses={201: "Token"},
+            "bound to container groups, expiring)", body="TokenCreate", responses={201: "Token"},
             errors=(400, 401, 403, 404))
 @allow(*ADMIN_ONLY)
 async def issue_token(request: Request, user_id: str):
@@ -103,7 +103,8 @@ async def _list_keys(user_id: str):
 
 
 @bp.get("/users/me/tokens")
-@documented("Your API keys (never their secrets)", responses={200: None}, errors=(401, 403))
+@documented("Your API keys (never their secrets)", responses={200: "TokenList"},
+            errors=(401, 403))
 @allow(*TENANT)
 async def my_tokens(request: Request):
     return await _list_keys(request.ctx.principal.user_id)
@@ -119,7 +120,8 @@ async def revoke_my_token(request: Request, key_id: str):
 
 
 @bp.get("/users/<user_id:str>/tokens")
-@documented("Administrator: a user's API keys", responses={200: None}, errors=(401, 403, 404))
+@documented("Administrator: a user's API keys", responses={200: "TokenList"},
+            errors=(401, 403, 404))
 @allow(*ADMIN_ONLY)
 async def user_tokens(request: Request, user_id: str):
     return await _list_keys(user_id)
