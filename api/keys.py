@@ -10,7 +10,7 @@ import secrets
 from datetime import timedelta
 
 from api import db
-from api.errors import NotFound
+from api.errors import NotFound, ValidationError
 from api.models import ApiKey, User
 from api.principal import ADMIN, USER, WORKER, Principal
 from api.serialize import timestamp
@@ -45,8 +45,13 @@ def issue(user_id: str, *, name: str | None = None, scope: str = USER,
     """A new key for an existing user: (its row, the secret in clear)."""
     secret = new_secret()
     with db.write_transaction():
-        if User.get_or_none(User.id == user_id) is None:
+        user = User.get_or_none(User.id == user_id)
+        if user is None:
             raise NotFound(f"user {user_id} not found")
+        if user.is_admin:
+            # The administrator has exactly one key, KELPIE_ADMIN_KEY (api/users.ensure_admin
+            # removes any other at start-up); a second one would be a hidden master key.
+            raise ValidationError("user_id", "the administrator's only key is KELPIE_ADMIN_KEY")
         row = insert(user_id, secret, name=name, scope=scope,
                      container_group_ids=container_group_ids, expires=expires)
     return row, secret

@@ -298,6 +298,9 @@ def test_key_lifecycle(world):
         status, answer = world.request("admin", "POST", f"/users/{user_b['id']}/token", options)
         assert status == 400 and answer["field"] == field, (options, answer)
     assert world.request("admin", "GET", f"/users/{user_b['id']}/tokens")[1]["_count"] == 2
+    # No second administrator key, of any scope.
+    status, answer = world.request("admin", "POST", "/users/admin/token", {})
+    assert status == 400 and answer["field"] == "user_id", answer
 
     # Revoking: the user's own, then unknown and other users' ids are 404.
     made_key = {"X-Kelpie-Key": made["token"]}
