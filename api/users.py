@@ -4,6 +4,7 @@ import secrets
 import uuid
 
 from api import db, keys
+from api.errors import ValidationError
 from api.models import ApiKey, User
 from api.serialize import timestamp
 
@@ -16,6 +17,9 @@ def create(name: str, org: str | None = None, project: str | None = None,
     now = db.utcnow()
     key = keys.new_secret()
     with db.write_transaction():
+        # The original service answers 400 for a name that is taken; its scripts rely on it.
+        if User.select().where(User.name == name).exists():
+            raise ValidationError("name", f"a user named {name!r} already exists")
         user = User.create(id=user_id or str(uuid.uuid4()), name=name, org=org, project=project,
                            is_admin=False, created=now)
         keys.insert(user.id, key)

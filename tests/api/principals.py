@@ -82,9 +82,11 @@ class World:
         self.api.start()
         admin = {"X-Kelpie-Key": self.api.admin_key}
         self.callers: dict[str, Caller] = {"admin": Caller("admin", admin)}
-        self.user_a_key = self.api.create_user("user-a", org=ORG, project=PROJECT_P)
+        suffix = uuid.uuid4().hex[:6]  # names are unique, and a database may hold two worlds
+        self.user_a_key = self.api.create_user(f"user-a-{suffix}", org=ORG, project=PROJECT_P)
         self.callers["user_a"] = Caller("user_a", {"X-Kelpie-Key": self.user_a_key})
-        self.callers["user_b"] = Caller("user_b", {"X-Kelpie-Key": self.api.create_user("user-b")})
+        self.callers["user_b"] = Caller("user_b", {
+            "X-Kelpie-Key": self.api.create_user(f"user-b-{suffix}")})
         self.callers["salad_p"] = Caller("salad_p", self.salad_headers(PROJECT_P))
         self.callers["salad_q"] = Caller("salad_q", self.salad_headers(PROJECT_Q))
         # The organization's user exists once a Salad key has been used.

@@ -320,6 +320,9 @@ def test_the_originals_create_user_and_token_script_works(world):
     status, user = world.request("admin", "POST", "/users", {"username": "from-script"})
     assert status == 201 and {"id", "username", "created"} <= set(user), user
     assert user["username"] == "from-script"
+    # A taken name is 400, as the original answers, and makes no second user.
+    status, answer = world.request("admin", "POST", "/users", {"username": "from-script"})
+    assert status == 400 and answer["field"] == "name", answer
     status, token = world.request("admin", "POST", f"/users/{user['id']}/token",
                                   {"org_name": ORG, "project_name": PROJECT_P})
     assert status == 201 and token["token"], token
