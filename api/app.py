@@ -7,6 +7,7 @@ from sanic_ext import Extend
 
 from agent.version import __version__
 from api import autoscale, config, db, salad, salad_auth, schemas, users
+from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
 from api.ratelimit import FailureLimiter
@@ -45,6 +46,7 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     app.config.CORS = False
     app.config.HEALTH = False
     app.ctx.settings = settings
+    app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
     app.ctx.auth_limiter = FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
     # Salad API key and worker JWT verification, with their caches (one set per process).
     app.ctx.salad_identity = salad_auth.SaladIdentity(settings)

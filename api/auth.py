@@ -10,6 +10,8 @@ too many failed attempts → 429 (api/ratelimit.py). Which routes a principal ma
 api/scopes.py's business.
 """
 
+import time
+
 from sanic import Request
 
 from api import db, keys
@@ -20,15 +22,46 @@ CREDENTIAL_HEADERS = ("x-kelpie-key", "salad-api-key", "salad-organization", "sa
                       "authorization")
 
 
+class KeyCache:
+    """Principals of verified keys, for the worker protocol's hot routes only (claims and
+    heartbeats): there the route's own statement checks that the key still exists (api/sql.py),
+    so a cached principal costs no extra read and still stops working the moment its key is
+    revoked, in every process. Every other route reads the key afresh."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if len(self._entries) > 10000:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
+
+    def drop(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+
 async def kelpie_key(request: Request) -> Principal | None:
     key = request.headers.get("x-kelpie-key")
     if not key:
         return None
-    # No cache: one indexed read per request, so a revoked or deleted key stops working at
-    # once in every process (api/keys.py keeps last-used writes rare).
+    cache: KeyCache = request.app.ctx.key_cache
+    key_hash = keys.hash_key(key)
+    if getattr(request.ctx, "key_checked_by_statement", False):
+        principal = cache.get(key_hash)
+        if principal is not None:
+            return principal
     principal = await db.run(keys.authenticate, key)
     if principal is None:
+        cache.drop(key_hash)
         raise Forbidden("invalid X-Kelpie-Key")
+    cache.put(key_hash, principal)
     return principal
 
 

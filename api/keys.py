@@ -70,7 +70,14 @@ def authenticate(secret: str) -> Principal | None:
     scope = ADMIN if user.is_admin else row.scope
     groups = tuple(row.container_group_ids) if scope == WORKER else None
     return Principal(user_id=user.id, scope=scope, name=user.name, key_id=row.id,
-                     container_group_ids=groups)
+                     container_group_ids=groups, key_hash=row.key_hash)
+
+
+def is_valid(key_hash: str) -> bool:
+    """Whether the key still exists and has not expired (one indexed read)."""
+    now = db.utcnow()
+    return ApiKey.select().where(ApiKey.key_hash == key_hash,
+                                 ApiKey.expires.is_null() | (ApiKey.expires > now)).exists()
 
 
 def for_user(user_id: str) -> list[ApiKey]:

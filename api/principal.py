@@ -1,6 +1,6 @@
 """Who is calling, as every route sees it: built once per request by api/auth.py."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ADMIN = "admin"
 USER = "user"
@@ -30,6 +30,10 @@ class Principal:
     machine_id: str | None = None
     # The container groups a worker credential may act for (None: any of the tenant's).
     container_group_ids: tuple[str, ...] | None = None
+    # The hash of the Kelpie key used: the worker protocol's hot statements check that the key
+    # still exists in the same statement (api/sql.py), so a cached principal is never trusted
+    # past its key's revocation.
+    key_hash: str | None = field(default=None, repr=False)
 
     @property
     def is_admin(self) -> bool:

@@ -9,8 +9,8 @@ synchronous and run on the database thread pool (see `api.db.run`).
 import uuid
 from datetime import timedelta
 
-from api import db, sql, webhooks
-from api.errors import Conflict, NotFound
+from api import db, keys, sql, webhooks
+from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
 
@@ -47,6 +47,13 @@ def _event(job_id: str, kind: str, status: str, *, actor: str, machine_id=None, 
     JobEvent.insert(job=job_id, at=at or db.utcnow(), kind=kind, status=status,
                     machine_id=machine_id, attempt=attempt, exit_code=exit_code,
                     reason=reason, actor=actor).execute()
+
+
+def _require_key(principal: Principal) -> None:
+    """403 when the caller's Kelpie key is gone: the hot statements found nothing, and the
+    principal may have come from a cache (api/auth.py)."""
+    if principal.key_hash is not None and not keys.is_valid(principal.key_hash):
+        raise Forbidden("invalid X-Kelpie-Key")
 
 
 def _get_locked(principal: Principal, job_id: str) -> Job:
@@ -116,8 +123,9 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
     with db.write_transaction():
         row = db.database.execute_sql(*sql.claim_candidate(
             db.dialect(), principal.user_id, machine_id, container_group_id, now,
-            project=principal.project)).fetchone()
+            project=principal.project, key_hash=principal.key_hash)).fetchone()
         if row is None:
+            _require_key(principal)  # nothing found: no work, or the key is gone?
             return None
         _, job_id, previous_status, previous_machine, heartbeat_interval, attempts = row
         if previous_status == RUNNING:
@@ -143,14 +151,17 @@ def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
     A machine that no longer holds the job is told `canceled`, so a zombie stops its copy.
     """
     if principal.is_admin:
-        statement = sql.heartbeat(db.dialect(), job_id, machine_id, None, db.utcnow())
+        statement = sql.heartbeat(db.dialect(), job_id, machine_id, None, db.utcnow(),
+                                  key_hash=principal.key_hash)
     else:
         statement = sql.heartbeat(db.dialect(), job_id, machine_id, principal.user_id,
                                   db.utcnow(), project=principal.project,
-                                  container_group_ids=principal.container_group_ids)
+                                  container_group_ids=principal.container_group_ids,
+                                  key_hash=principal.key_hash)
     cursor = db.database.execute_sql(*statement)
     if cursor.rowcount == 1:
         return RUNNING
+    _require_key(principal)
     job = _owned(Job.select(Job.status, Job.machine_id), principal).where(Job.id == job_id).first()
     if job is None:
         raise NotFound(f"job {job_id} not found")

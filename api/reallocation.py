@@ -17,7 +17,7 @@ import logging
 
 from peewee import IntegrityError
 
-from api import db, salad
+from api import db, keys, salad
 from api.models import JobBan, MachineReallocation, ScalingRule, User
 from api.queue import Principal
 
@@ -42,6 +42,8 @@ def claim(principal: Principal, machine_id: str, container_group_id: str, thresh
     if bans < threshold or MachineReallocation.get_or_none(
             *_record(principal, machine_id, container_group_id)) is not None:
         return False
+    if principal.key_hash is not None and not keys.is_valid(principal.key_hash):
+        return False  # a cached principal whose key is gone: the claim that follows says 403
     try:
         with db.write_transaction():
             MachineReallocation.insert(

@@ -19,8 +19,11 @@ PUBLIC = "public"
 ATTRIBUTE = "kelpie_scopes"
 
 
-def allow(*scopes: str):
-    """Route decorator: authenticate (unless public) and refuse any scope not named."""
+def allow(*scopes: str, key_checked_by_statement: bool = False):
+    """Route decorator: authenticate (unless public) and refuse any scope not named.
+
+    `key_checked_by_statement`: the route's database statement itself checks that a Kelpie key
+    still exists (claims, heartbeats: api/sql.py), so a cached principal may be used."""
     unknown = set(scopes) - {*SCOPES, PUBLIC}
     if not scopes or unknown:
         raise ValueError(f"allow() needs scopes from {SCOPES + (PUBLIC,)}, got {scopes}")
@@ -31,6 +34,7 @@ def allow(*scopes: str):
         else:
             @functools.wraps(handler)
             async def wrapper(request: Request, *args, **kwargs):
+                request.ctx.key_checked_by_statement = key_checked_by_statement
                 principal = await authenticate(request)
                 check(principal.scope, scopes)
                 request.ctx.principal = principal

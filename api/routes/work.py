@@ -47,7 +47,7 @@ def _report(request: Request) -> dict:
                 Parameter("machine_id", String(), "query", required=True),
                 Parameter("container_group_id", String(), "query"),
             ])
-@allow(*WORKER_PROTOCOL)
+@allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def get_work(request: Request):
     machine_id, container_group_id = _worker_identity(
         request, request.args.get("machine_id"), request.args.get("container_group_id"))
@@ -63,7 +63,7 @@ async def get_work(request: Request):
 @documented("Heartbeat; answers the status the worker should act on",
             body="WorkerReport", responses={200: "HeartbeatResponse"},
             errors=(400, 401, 403, 404))
-@allow(*WORKER_PROTOCOL)
+@allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def heartbeat(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
