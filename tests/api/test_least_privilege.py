@@ -133,6 +133,19 @@ def test_salad_key_sees_cancels_and_claims_only_its_projects_jobs(world):
     assert status == 404
 
 
+def test_another_projects_key_cannot_send_work_to_this_projects_nodes(world):
+    jwt_g = world.callers["jwt_g"]  # a node of project P's group G
+    planted = world.submit("salad_q", world.group_g, max_failures=1)
+    work = f"/work?machine_id={jwt_g.machine_id}&container_group_id={world.group_g}"
+    try:
+        assert world.request("jwt_g", "GET", work) == (200, [])
+        own = world.submit("salad_p", world.group_g, max_failures=1)
+        assert [j["id"] for j in world.request("jwt_g", "GET", work)[1]] == [own["id"]]
+        world.request("salad_p", "DELETE", f"/jobs/{own['id']}")
+    finally:
+        assert world.request("salad_q", "DELETE", f"/jobs/{planted['id']}")[0] == 202
+
+
 def test_salad_project_header_is_checked_against_the_key(world):
     research = world.salad_api.add_group(ORG, PROJECT_Q, "r-" + uuid.uuid4().hex[:8])
     rule = {"container_group_id": research, "min_replicas": 0, "max_replicas": 500,
