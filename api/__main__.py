@@ -33,10 +33,14 @@ def migrate(args) -> None:
 def create_user(args) -> None:
     from api import db, users
     from api.app import prepare_database
+    from api.errors import ValidationError
 
     prepare_database(config.load())
-    with db.database.connection_context():
-        user, key = users.create(args.name, args.org, args.project)
+    try:
+        with db.database.connection_context():
+            user, key = users.create(args.name, args.org, args.project)
+    except ValidationError as error:
+        raise SystemExit(str(error)) from None
     print(f"user {user.id} ({user.name})")
     print(f"API key (shown once, store it now): {key}")
 

@@ -10,6 +10,7 @@ from api import autoscale, config, db, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
+from api.ratelimit import FailureLimiter
 from api.routes import health, jobs, scaling_rules, work
 from api.routes import users as user_routes
 from api.routes import webhooks as webhook_routes
@@ -46,6 +47,7 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     app.config.HEALTH = False
     app.ctx.settings = settings
     app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.ctx.auth_limiter = FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
     # Salad API key and worker JWT verification, with their caches (one set per process).
     app.ctx.salad_identity = salad_auth.SaladIdentity(settings)
 

@@ -1,26 +1,32 @@
 """Who is calling. Every authenticated route resolves the caller to a `Principal` here.
 
 Three ways in, tried in order (the spec's "API Authorization"):
-  1. `X-Kelpie-Key` — a Kelpie API key (this module);
+  1. `X-Kelpie-Key` — a Kelpie API key (this module, keys in api/keys.py);
   2. `Salad-Api-Key` + `Salad-Organization` + `Salad-Project` — a Salad user;
   3. `Authorization: Bearer <JWT>` + `Salad-Project` — a worker's instance-metadata token.
-The Salad schemes register themselves in `SCHEMES` (see api/salad_auth.py when present).
-No credentials at all → 401; credentials that do not check out → 403.
+The Salad schemes register themselves in `SCHEMES` (see api/salad_auth.py).
+No credentials at all → 401; credentials that do not check out → 403; a client address with
+too many failed attempts → 429 (api/ratelimit.py). Which routes a principal may then call is
+api/scopes.py's business.
 """
 
-import functools
 import time
 
 from sanic import Request
 
-from api import db, users
+from api import db, keys
 from api.errors import Forbidden, Unauthorized
-from api.queue import Principal
+from api.principal import Principal
+
+CREDENTIAL_HEADERS = ("x-kelpie-key", "salad-api-key", "salad-organization", "salad-project",
+                      "authorization")
 
 
 class KeyCache:
-    """Verified API keys, kept for a few seconds so a heartbeat costs one database write and
-    no read. A deleted key stops working within `ttl` seconds on every process."""
+    """Principals of verified keys, for the worker protocol's hot routes only (claims and
+    heartbeats): there the route's own statement checks that the key still exists (api/sql.py),
+    so a cached principal costs no extra read and still stops working the moment its key is
+    revoked, in every process. Every other route reads the key afresh."""
 
     def __init__(self, ttl: float):
         self.ttl = ttl
@@ -37,8 +43,8 @@ class KeyCache:
             self._entries.clear()
         self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def drop(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
 
 
 async def kelpie_key(request: Request) -> Principal | None:
@@ -46,14 +52,16 @@ async def kelpie_key(request: Request) -> Principal | None:
     if not key:
         return None
     cache: KeyCache = request.app.ctx.key_cache
-    key_hash = users.hash_key(key)
-    principal = cache.get(key_hash)
+    key_hash = keys.hash_key(key)
+    if getattr(request.ctx, "key_checked_by_statement", False):
+        principal = cache.get(key_hash)
+        if principal is not None:
+            return principal
+    principal = await db.run(keys.authenticate, key)
     if principal is None:
-        user = await db.run(users.find_by_key, key)
-        if user is None:
-            raise Forbidden("invalid X-Kelpie-Key")
-        principal = Principal(user_id=user.id, is_admin=bool(user.is_admin), name=user.name)
-        cache.put(key_hash, principal)
+        cache.drop(key_hash)
+        raise Forbidden("invalid X-Kelpie-Key")
+    cache.put(key_hash, principal)
     return principal
 
 
@@ -61,34 +69,26 @@ async def kelpie_key(request: Request) -> Principal | None:
 SCHEMES = [kelpie_key]
 
 
+def _check_encoding(request: Request) -> None:
+    # Credentials are ASCII by construction; anything else (latin-1 bytes, say) is nobody's key,
+    # refused here before a hash or a URL sees it.
+    for name in CREDENTIAL_HEADERS:
+        value = request.headers.get(name)
+        if value is not None and not (value.isascii() and value.isprintable()):
+            raise Unauthorized(f"{name} must be printable ASCII", field=name)
+
+
 async def authenticate(request: Request) -> Principal:
-    for scheme in SCHEMES:
-        principal = await scheme(request)
-        if principal is not None:
-            return principal
+    limiter = request.app.ctx.auth_limiter
+    client = request.client_ip or request.ip or "unknown"
+    limiter.check(client)
+    try:
+        _check_encoding(request)
+        for scheme in SCHEMES:
+            principal = await scheme(request)
+            if principal is not None:
+                return principal
+    except (Unauthorized, Forbidden):
+        limiter.failed(client)
+        raise
     raise Unauthorized("no credentials: send X-Kelpie-Key, Salad-Api-Key or a Bearer token")
-
-
-def authenticated(handler):
-    """Route decorator: resolves the caller into `request.ctx.principal` first."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request, *args, **kwargs):
-        request.ctx.principal = await authenticate(request)
-        return await handler(request, *args, **kwargs)
-
-    return wrapper
-
-
-def admin_only(handler):
-    """Route decorator: only the administrator may call this."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request, *args, **kwargs):
-        principal = await authenticate(request)
-        if not principal.is_admin:
-            raise Forbidden("administrator only")
-        request.ctx.principal = principal
-        return await handler(request, *args, **kwargs)
-
-    return wrapper

@@ -48,8 +48,13 @@ class Settings:
     admin_key: str | None = None
     # Largest accepted request body (a batch of 1000 jobs with long sync lists fits easily).
     max_body_bytes: int = 8 * 1024 * 1024
-    # How long a verified API key is trusted without asking the database again.
+    # How long a worker token's organization user is remembered (Kelpie keys are never cached:
+    # revocation is immediate).
     auth_cache_seconds: float = 10.0
+    # Failed authentications per client address (api/ratelimit.py): a burst, then this many a
+    # second. 0 turns the limit off.
+    auth_failure_burst: int = 20
+    auth_failure_rate: float = 1.0
     # Limits on job fields, so one job cannot hold the queue hostage.
     default_max_failures: int = 3
     default_heartbeat_interval: int = 30
@@ -105,13 +110,28 @@ class Settings:
         return self.database_url.startswith(("postgres://", "postgresql://"))
 
 
+# The administrator's key can do anything: one short enough to guess is refused at start-up.
+MIN_ADMIN_KEY_LENGTH = 32
+
+
+def _admin_key() -> str | None:
+    key = os.environ.get("KELPIE_ADMIN_KEY") or None
+    if key is not None and len(key) < MIN_ADMIN_KEY_LENGTH:
+        raise SystemExit(f"KELPIE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters "
+                         f"(it has {len(key)}); make one with: "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return key
+
+
 def load() -> Settings:
     return Settings(
         database_url=os.environ.get("DATABASE_URL") or "sqlite:///kelpie.db",
         db_pool_size=_int("KELPIE_DB_POOL_SIZE", 4),
-        admin_key=os.environ.get("KELPIE_ADMIN_KEY") or None,
+        admin_key=_admin_key(),
         max_body_bytes=_int("KELPIE_MAX_BODY_BYTES", 8 * 1024 * 1024),
         auth_cache_seconds=_float("KELPIE_AUTH_CACHE_S", 10.0),
+        auth_failure_burst=_int("KELPIE_AUTH_FAILURE_BURST", 20),
+        auth_failure_rate=_float("KELPIE_AUTH_FAILURE_RATE", 1.0),
         default_max_failures=_int("KELPIE_DEFAULT_MAX_FAILURES", 3),
         default_heartbeat_interval=_int("KELPIE_DEFAULT_HEARTBEAT_INTERVAL_S", 30),
         max_page_size=_int("KELPIE_MAX_PAGE_SIZE", 1000),

@@ -6,8 +6,9 @@ the checked address itself (Host header and TLS SNI/certificate name still the U
 so a DNS answer that changes between the check and the connect cannot slip past the check.
 Redirects are not followed.
 
-Always refused: link-local addresses, where cloud metadata services live (169.254.0.0/16,
-fe80::/10, AWS's fd00:ec2::254), in any IPv6 spelling that embeds an IPv4 address.
+Always refused: link-local addresses and the cloud metadata services (169.254.0.0/16,
+fe80::/10, AWS's fd00:ec2::254, Alibaba's 100.100.100.200, Azure's 168.63.129.16), in any IPv6
+spelling that embeds an IPv4 address, and the metadata services' host names.
 With `deny_private`: everything that is not globally routable (loopback, RFC 1918, CGNAT, ULA…).
 """
 
@@ -25,7 +26,15 @@ ALWAYS_DENIED = tuple(ipaddress.ip_network(net) for net in (
     "169.254.0.0/16",     # IPv4 link-local: AWS/GCP/Azure/Salad instance metadata
     "fe80::/10",          # IPv6 link-local
     "fd00:ec2::254/128",  # AWS metadata over IPv6
+    "100.100.100.200/32",  # Alibaba Cloud metadata (inside the CGNAT range)
+    "168.63.129.16/32",   # Azure's wire server (a public address, reachable from every VM)
 ))
+# Names that only ever mean a metadata service; refused before they are resolved, so a resolver
+# that maps them somewhere unexpected cannot matter.
+DENIED_HOST_NAMES = frozenset({
+    "metadata", "metadata.google.internal", "metadata.goog", "metadata.azure.internal",
+    "instance-data", "instance-data.ec2.internal", "metadata.tencentyun.com",
+})
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
@@ -131,6 +140,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.
     host = parts.hostname
     if not host:
         raise Refused("the URL has no host")
+    if host.lower().rstrip(".") in DENIED_HOST_NAMES:
+        raise Refused(f"{host} is a cloud metadata service")
     if allowed_hosts and host.lower() not in allowed_hosts:
         raise Refused(f"{host} is not in KELPIE_WEBHOOK_ALLOWED_HOSTS")
     try:

@@ -5,6 +5,8 @@ lone UTF-16 surrogates (valid in JSON escapes, invalid in UTF-8) cannot be encod
 Rejecting them here turns what would be a 500 from the driver into a 400 naming the field.
 """
 
+from datetime import UTC, datetime
+
 from api.errors import ValidationError
 
 
@@ -33,3 +35,17 @@ def text(value, field: str, *, required: bool = True, max_length: int = 4096) ->
     if not is_storable(value):
         raise ValidationError(field, "must be valid UTF-8 text without NUL characters")
     return value
+
+
+def timestamp(value, field: str):
+    """An ISO 8601 moment ("2030-01-01T00:00:00Z"), as the naive UTC datetime the database
+    keeps."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValidationError(field, "must be an ISO 8601 timestamp string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(field, "must be an ISO 8601 timestamp string") from None
+    if moment.tzinfo is None:
+        raise ValidationError(field, "must name its time zone (end it with Z for UTC)")
+    return moment.astimezone(UTC).replace(tzinfo=None)

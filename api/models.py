@@ -56,6 +56,14 @@ class ApiKey(BaseModel):
     key_hash = CharField(primary_key=True)
     user = ForeignKeyField(User, column_name="user_id", on_delete="CASCADE")
     created = DateTimeField()
+    # What lists, revocation and the audit trail call the key (the hash is never shown).
+    id = CharField(unique=True)
+    name = TextField(null=True)
+    scope = CharField(default="user")  # user | worker (the admin's key takes the user's rank)
+    # A worker key acts only for these container groups.
+    container_group_ids = JSONField(null=True)
+    expires = DateTimeField(null=True)
+    last_used = DateTimeField(null=True)
 
     class Meta:
         table_name = "api_keys"
@@ -64,6 +72,10 @@ class ApiKey(BaseModel):
 class Job(BaseModel):
     id = CharField(primary_key=True)
     user = ForeignKeyField(User, column_name="user_id", on_delete="CASCADE")
+    # Where a Salad principal submitted it: such principals see and claim only their project's
+    # jobs. NULL for jobs submitted with a Kelpie key.
+    organization = TextField(null=True)
+    project = TextField(null=True)
     status = CharField()
     created = DateTimeField()
     started = DateTimeField(null=True)
@@ -124,6 +136,8 @@ class JobEvent(BaseModel):
     attempt = IntegerField(null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
+    # Who caused it: "admin", "user:<id>", "key:<id>", "machine:<id>" or "system".
+    actor = TextField(null=True)
 
     class Meta:
         table_name = "job_events"
@@ -145,7 +159,9 @@ class WebhookDelivery(BaseModel):
     attempts = IntegerField(default=0)
     last_attempt = DateTimeField(null=True)
     last_response_code = IntegerField(null=True)
+    # Never written since migration 0004: the receiver's answer is not the tenant's to read.
     last_response_body = TextField(null=True)
+    last_duration_ms = IntegerField(null=True)
     last_error = TextField(null=True)
     delivered = DateTimeField(null=True)
     # A sender owns the row until lease_until; its result counts only with its lease_token.
@@ -198,9 +214,11 @@ class LoopLease(BaseModel):
 class MachineReallocation(BaseModel):
     """A machine banned from too many jobs, reallocated once through Salad's API."""
 
-    machine_id = TextField(primary_key=True)
+    # One reallocation per machine *within a tenant's container group*: another tenant naming
+    # the same machine id can neither trigger nor block it.
     user_id = TextField()
     container_group_id = TextField()
+    machine_id = TextField()
     requested = DateTimeField()
     outcome = TextField()  # requested | reallocated | failed
     error = TextField(null=True)
@@ -208,6 +226,7 @@ class MachineReallocation(BaseModel):
 
     class Meta:
         table_name = "machine_reallocations"
+        primary_key = CompositeKey("user_id", "container_group_id", "machine_id")
 
 
 class SchemaMigration(BaseModel):

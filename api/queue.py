@@ -7,12 +7,14 @@ synchronous and run on the database thread pool (see `api.db.run`).
 """
 
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
-from api import db, sql, webhooks
-from api.errors import Conflict, NotFound
+from api import db, keys, sql, webhooks
+from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
+from api.principal import Principal
+
+__all__ = ["Principal"]  # re-exported: routes and modules name it from here too
 
 PENDING = "pending"
 RUNNING = "running"
@@ -23,29 +25,35 @@ STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)
 FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a user, or the administrator (who sees every user's jobs)."""
-
-    user_id: str
-    is_admin: bool = False
-    name: str = ""
-    # Set when a worker proves its identity (the Salad instance-metadata JWT): such a caller
-    # may only claim, heartbeat and report for this machine and container group.
-    machine_id: str | None = None
-    container_group_id: str | None = None
+SYSTEM_ACTOR = "system"
 
 
 def _owned(query, principal: Principal):
-    """Restrict a job query to what the caller may see: the admin sees everything."""
-    return query if principal.is_admin else query.where(Job.user == principal.user_id)
+    """Restrict a job query to what the caller may see: the admin sees everything; a tenant
+    its own jobs; a Salad principal only those of its project; a worker credential only its
+    container groups'."""
+    if principal.is_admin:
+        return query
+    query = query.where(Job.user == principal.user_id)
+    if principal.project is not None:
+        query = query.where(Job.project == principal.project)
+    if principal.container_group_ids is not None:
+        query = query.where(Job.container_group_id.in_(list(principal.container_group_ids)))
+    return query
 
 
-def _event(job_id: str, kind: str, status: str, *, machine_id=None, attempt=None,
+def _event(job_id: str, kind: str, status: str, *, actor: str, machine_id=None, attempt=None,
            exit_code=None, reason=None, at=None) -> None:
     JobEvent.insert(job=job_id, at=at or db.utcnow(), kind=kind, status=status,
                     machine_id=machine_id, attempt=attempt, exit_code=exit_code,
-                    reason=reason).execute()
+                    reason=reason, actor=actor).execute()
+
+
+def _require_key(principal: Principal) -> None:
+    """403 when the caller's Kelpie key is gone: the hot statements found nothing, and the
+    principal may have come from a cache (api/auth.py)."""
+    if principal.key_hash is not None and not keys.is_valid(principal.key_hash):
+        raise Forbidden("invalid X-Kelpie-Key")
 
 
 def _get_locked(principal: Principal, job_id: str) -> Job:
@@ -66,6 +74,8 @@ def submit(principal: Principal, specs: list[dict]) -> list[Job]:
             **spec,
             "id": str(uuid.uuid4()),
             "user": principal.user_id,
+            "organization": principal.organization,
+            "project": principal.project,
             "status": PENDING,
             # One microsecond apart, so a batch is claimed in the order it was given (claims
             # take the oldest `created` first); the wire shows milliseconds, so nobody sees it.
@@ -74,7 +84,8 @@ def submit(principal: Principal, specs: list[dict]) -> list[Job]:
     with db.write_transaction():
         db.insert_rows(Job, rows)
         db.insert_rows(JobEvent, [{"job": row["id"], "at": now, "kind": "created",
-                                   "status": PENDING} for row in rows])
+                                   "status": PENDING, "actor": principal.actor}
+                                  for row in rows])
     return [Job(**row) for row in rows]
 
 
@@ -111,12 +122,15 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
     now = db.utcnow()
     with db.write_transaction():
         row = db.database.execute_sql(*sql.claim_candidate(
-            db.dialect(), principal.user_id, machine_id, container_group_id, now)).fetchone()
+            db.dialect(), principal.user_id, machine_id, container_group_id, now,
+            project=principal.project, key_hash=principal.key_hash)).fetchone()
         if row is None:
+            _require_key(principal)  # nothing found: no work, or the key is gone?
             return None
         _, job_id, previous_status, previous_machine, heartbeat_interval, attempts = row
         if previous_status == RUNNING:
-            _event(job_id, "heartbeat_lost", RUNNING, machine_id=previous_machine,
+            _event(job_id, "heartbeat_lost", RUNNING, actor=SYSTEM_ACTOR,
+                   machine_id=previous_machine,
                    attempt=attempts, at=now,
                    reason=f"no heartbeat from {previous_machine}; handed to {machine_id}")
         Job.update(
@@ -124,7 +138,8 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
             lease_expires=now + timedelta(seconds=2 * heartbeat_interval),
             num_attempts=attempts + 1,
         ).where(Job.id == job_id).execute()
-        _event(job_id, "assigned", RUNNING, machine_id=machine_id, attempt=attempts + 1, at=now)
+        _event(job_id, "assigned", RUNNING, actor=principal.actor, machine_id=machine_id,
+               attempt=attempts + 1, at=now)
         job = Job.get_by_id(job_id)
         webhooks.enqueue(job, RUNNING, now)
         return job
@@ -135,11 +150,18 @@ def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
 
     A machine that no longer holds the job is told `canceled`, so a zombie stops its copy.
     """
-    owner = None if principal.is_admin else principal.user_id
-    cursor = db.database.execute_sql(*sql.heartbeat(db.dialect(), job_id, machine_id, owner,
-                                                     db.utcnow()))
+    if principal.is_admin:
+        statement = sql.heartbeat(db.dialect(), job_id, machine_id, None, db.utcnow(),
+                                  key_hash=principal.key_hash)
+    else:
+        statement = sql.heartbeat(db.dialect(), job_id, machine_id, principal.user_id,
+                                  db.utcnow(), project=principal.project,
+                                  container_group_ids=principal.container_group_ids,
+                                  key_hash=principal.key_hash)
+    cursor = db.database.execute_sql(*statement)
     if cursor.rowcount == 1:
         return RUNNING
+    _require_key(principal)
     job = _owned(Job.select(Job.status, Job.machine_id), principal).where(Job.id == job_id).first()
     if job is None:
         raise NotFound(f"job {job_id} not found")
@@ -157,8 +179,8 @@ def complete(principal: Principal, job_id: str, machine_id: str) -> Job:
         _require_holder(job, machine_id)
         Job.update(status=COMPLETED, completed=now, lease_expires=None).where(
             Job.id == job_id).execute()
-        _event(job_id, "completed", COMPLETED, machine_id=machine_id, attempt=job.num_attempts,
-               at=now)
+        _event(job_id, "completed", COMPLETED, actor=principal.actor, machine_id=machine_id,
+               attempt=job.num_attempts, at=now)
         webhooks.enqueue(job, COMPLETED, now)
     return Job.get_by_id(job_id)
 
@@ -175,18 +197,18 @@ def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None,
         JobBan.insert(job=job_id, machine_id=machine_id, user_id=job.user_id,
                       container_group_id=job.container_group_id,
                       created=now).on_conflict_ignore().execute()
-        _event(job_id, "attempt_failed", RUNNING, machine_id=machine_id,
+        _event(job_id, "attempt_failed", RUNNING, actor=principal.actor, machine_id=machine_id,
                attempt=job.num_attempts, exit_code=exit_code, reason=reason, at=now)
         if failures >= job.max_failures:
             Job.update(status=FAILED, failed=now, num_failures=failures,
                        lease_expires=None).where(Job.id == job_id).execute()
-            _event(job_id, "failed", FAILED, machine_id=machine_id, at=now,
+            _event(job_id, "failed", FAILED, actor=principal.actor, machine_id=machine_id, at=now,
                    reason=f"failed {failures} of max_failures={job.max_failures} times")
             webhooks.enqueue(job, FAILED, now)
         else:
             Job.update(status=PENDING, num_failures=failures, machine_id=None, heartbeat=None,
                        lease_expires=None).where(Job.id == job_id).execute()
-            _event(job_id, "requeued", PENDING, at=now,
+            _event(job_id, "requeued", PENDING, actor=principal.actor, at=now,
                    reason=f"{job.max_failures - failures} attempt(s) left")
     return Job.get_by_id(job_id)
 
@@ -210,7 +232,8 @@ def cancel(principal: Principal, job_id: str, reason: str = "canceled by user") 
             raise Conflict(f"job {job_id} is already {job.status}", status_now=job.status)
         Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
             Job.id == job_id).execute()
-        _event(job_id, "canceled", CANCELED, machine_id=job.machine_id, at=now, reason=reason)
+        _event(job_id, "canceled", CANCELED, actor=principal.actor, machine_id=job.machine_id,
+               at=now, reason=reason)
         webhooks.enqueue(job, CANCELED, now)
     return Job.get_by_id(job_id)
 
@@ -229,7 +252,7 @@ def purge_container_group(principal: Principal, container_group_id: str) -> int:
                 Job.id.in_([job.id for job in running])).execute()
             JobEvent.insert_many([
                 {"job": job.id, "at": now, "kind": "purged", "status": CANCELED,
-                 "machine_id": job.machine_id,
+                 "machine_id": job.machine_id, "actor": principal.actor,
                  "reason": f"container group {container_group_id} purged"}
                 for job in running
             ]).execute()

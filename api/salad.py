@@ -9,7 +9,9 @@ Synchronous on purpose: callers on the event loop run these functions with
 - is retried with exponential backoff on 429, 5xx and connection errors, honouring a
   `Retry-After` header, up to `retries` more attempts;
 - holds one of `concurrency` slots while it is on the wire, so a tick over many container
-  groups cannot flood Salad (the slot is released while backing off).
+  groups cannot flood Salad (the slot is released while backing off);
+- never follows a redirect: urllib would resend `Salad-Api-Key` (Kelpie's own key) to
+  wherever the answer points. A 3xx is an error like any other.
 
 Configure once per process with `configure(settings)` (done by `create_app`).
 """
@@ -26,6 +28,15 @@ import urllib.request
 from dataclasses import dataclass
 
 from api.config import Settings
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 3xx reaches the caller as an HTTPError
+
+
+# Every call to Salad's services (this client, api/salad_auth.py) goes through this opener.
+OPENER = urllib.request.build_opener(_NoRedirects)
 
 # Longest wait we accept from a Retry-After header, and the cap on our own backoff.
 MAX_RETRY_AFTER_S = 60.0
@@ -84,7 +95,7 @@ class Client:
             if data is not None:
                 request.add_header("Content-Type", content_type)
             try:
-                with self._slots, urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with self._slots, OPENER.open(request, timeout=self.timeout) as response:
                     return _decode(response.read())
             except urllib.error.HTTPError as error:
                 status, payload = error.code, _decode_quietly(error.read())

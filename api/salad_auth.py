@@ -20,10 +20,13 @@ Two schemes, appended to `api.auth.SCHEMES` after the Kelpie key:
   KELPIE_SALAD_JWKS_CACHE_S, refetched on an unknown `kid` at most once per
   KELPIE_SALAD_JWKS_MIN_REFRESH_S, and kept in use while the JWKS endpoint is down.
 
-Either way the caller becomes the one Kelpie user of its Salad organization (made on first
+Either way the caller acts for the one Kelpie user of its Salad organization (made on first
 use), so a job submitted with an organization's API key is claimable by that organization's
-workers. A worker's Principal also carries the machine and container group its token names,
-and the worker routes refuse to act for any other (api/routes/work.py).
+workers. An API key is scope `user` confined to the project it was checked with: it sees,
+cancels and claims only jobs submitted under that project. A workload token is always scope
+`worker` (api/scopes.py), bound to the machine and container group it names: any process in
+any container can read it from the instance-metadata service, so it may run its own group's
+jobs and nothing else.
 
 All network calls run in threads (`asyncio.to_thread`), never on the event loop.
 """
@@ -45,7 +48,7 @@ from sanic import Request
 from api import auth, db, salad, users
 from api.config import Settings
 from api.errors import Forbidden, Unavailable, ValidationError
-from api.queue import Principal
+from api.principal import USER, WORKER, Principal
 
 log = logging.getLogger("kelpie.api.salad_auth")
 
@@ -189,11 +192,8 @@ class ApiKeyVerifier:
             log.error("cannot verify a Salad API key: %s", error)
             raise Unavailable("Salad's authentication service is unreachable; retry later") \
                 from None
-        if refusal is not None:
-            verdict = _Verdict(refusal=refusal)
-        else:
-            user = await db.run(users.find_or_create_for_org, org, project)
-            verdict = _Verdict(user_id=user.id, name=user.name)
+        verdict = _Verdict(refusal=refusal) if refusal is not None else _Verdict(
+            user_id=users.salad_user_id(org), name=org)
         self.cache.put(cache_key, verdict)
         return verdict
 
@@ -434,7 +434,11 @@ async def salad_api_key(request: Request) -> Principal | None:
     verdict = await verifier.verify(api_key, org, project)
     if verdict.user_id is None:
         raise Forbidden(verdict.refusal or "invalid Salad credentials")
-    return Principal(user_id=verdict.user_id, name=verdict.name)
+    # Looked up (or made again) on every request, not cached with Salad's answer: after the
+    # administrator deletes users, a cached "yes" must not name a user that is gone.
+    user = await db.run(users.find_or_create_for_org, org, project)
+    return Principal(user_id=user.id, scope=USER, name=user.name, organization=org,
+                     project=project)
 
 
 async def salad_jwt(request: Request) -> Principal | None:
@@ -449,8 +453,9 @@ async def salad_jwt(request: Request) -> Principal | None:
     claims = await verifier.verify(token.strip())
     org = claims["salad_organization_name"]
     user_id, name = await verifier.user_for(org, project)
-    return Principal(user_id=user_id, name=name, machine_id=claims["salad_machine_id"],
-                     container_group_id=claims["salad_container_group_id"])
+    return Principal(user_id=user_id, scope=WORKER, name=name, organization=org,
+                     project=project, machine_id=claims["salad_machine_id"],
+                     container_group_ids=(claims["salad_container_group_id"],))
 
 
 auth.SCHEMES.extend([salad_api_key, salad_jwt])

@@ -56,4 +56,6 @@ def event(event: JobEvent) -> dict:
         "attempt": event.attempt,
         "exit_code": event.exit_code,
         "reason": event.reason,
+        # Who caused it: admin, user:<id>, key:<id>, machine:<id>, system (null before 0004).
+        "actor": event.actor,
     }

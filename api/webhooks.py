@@ -86,7 +86,10 @@ def to_dict(delivery: WebhookDelivery) -> dict:
         "created": timestamp(delivery.created),
         "last_attempt": timestamp(delivery.last_attempt),
         "last_response_code": delivery.last_response_code,
-        "last_response_body": delivery.last_response_body,
+        # Always null: the receiver's answer is never stored (a tenant-chosen URL must not
+        # become a way to read internal services). Kept for clients that expect the field.
+        "last_response_body": None,
+        "last_duration_ms": delivery.last_duration_ms,
         "last_error": delivery.last_error,
         "next_retry": timestamp(delivery.next_attempt) if delivery.status == PENDING else None,
         "delivered": timestamp(delivery.delivered),
@@ -133,8 +136,9 @@ class Claimed:
 @dataclass(frozen=True)
 class Outcome:
     code: int | None = None
-    response_body: str | None = None
+    # "HTTP 500", an exception's class name, or our own refusal: never the receiver's words.
     error: str | None = None
+    duration_ms: int | None = None
     # Retrying cannot help (a refused destination, a deleted user).
     permanent: bool = False
 
@@ -195,7 +199,7 @@ def record(claimed: Claimed, outcome: Outcome, settings: Settings) -> str:
     now = db.utcnow()
     fields = {
         "last_response_code": outcome.code,
-        "last_response_body": outcome.response_body,
+        "last_duration_ms": outcome.duration_ms,
         "last_error": outcome.error,
         "lease_until": None,
         "lease_token": None,
@@ -228,20 +232,27 @@ def attempt(claimed: Claimed, settings: Settings) -> Outcome:
         SIGNATURE_HEADER: sign(claimed.secret, body, int(time.time())),
         DELIVERY_HEADER: str(claimed.id),
     }
+    started = time.monotonic()
+
+    def took() -> int:
+        return round((time.monotonic() - started) * 1000)
+
     try:
         response = egress.post(claimed.url, body, headers, timeout=settings.webhook_timeout,
                                deny_private=settings.webhook_deny_private,
                                allowed_hosts=settings.webhook_allowed_hosts)
     except egress.Refused as refusal:
+        # Our own words about the URL the tenant gave: nothing came from the destination.
         return Outcome(error=f"refused: {refusal}", permanent=True)
     except (OSError, http.client.HTTPException) as error:
-        return Outcome(error=f"{type(error).__name__}: {error}"[:1024])
+        # Only the class (ConnectionRefusedError, TimeoutError…): the message can carry what a
+        # host said or how it resolved, which is not the tenant's to read.
+        return Outcome(error=type(error).__name__, duration_ms=took())
     except Exception as error:  # a bug must not stop the sender; the row is retried
         log.exception("webhook delivery %s failed unexpectedly", claimed.id)
-        return Outcome(error=f"{type(error).__name__}: {error}"[:1024])
-    text = response.body.decode("utf-8", errors="replace")
+        return Outcome(error=type(error).__name__, duration_ms=took())
     error = None if 200 <= response.status < 300 else f"HTTP {response.status}"
-    return Outcome(code=response.status, response_body=text, error=error)
+    return Outcome(code=response.status, error=error, duration_ms=took())
 
 
 # --- The background loop ----------------------------------------------------------------------

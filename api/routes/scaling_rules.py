@@ -2,14 +2,14 @@
 
 from peewee import IntegrityError
 from sanic import Blueprint, Request
-from sanic.response import json
+from sanic.response import empty, json
 
 from api import db, salad, users
-from api.auth import admin_only, authenticated
-from api.errors import ApiError, Conflict, NotFound, Unavailable, ValidationError
+from api.errors import ApiError, Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from api.models import ScalingRule
 from api.queue import Principal
 from api.routes import documented, json_body
+from api.scopes import ADMIN_ONLY, TENANT, allow
 from api.serialize import timestamp
 
 bp = Blueprint("scaling_rules")
@@ -38,6 +38,7 @@ def to_dict(rule: ScalingRule) -> dict:
         "container_group_id": rule.container_group_id,
         "user_id": rule.user_id,
         "organization_name": rule.organization_name,
+        "org_name": rule.organization_name,  # the original's name for it
         "project_name": rule.project_name,
         "container_group_name": rule.container_group_name,
         "min_replicas": rule.min_replicas,
@@ -73,13 +74,32 @@ def _limits(body: dict, required: bool) -> dict:
     return values
 
 
+# The original's clients name the rule's Salad location in the body; Kelpie takes it from the
+# credential, so a body may repeat it but never point elsewhere.
+LOCATION_FIELDS = {"org_name": 0, "organization_name": 0, "project_name": 1}
+
+
+def _check_named_location(body: dict, org: str, project: str) -> None:
+    for name, index in LOCATION_FIELDS.items():
+        if name in body and body[name] != (org, project)[index]:
+            raise Forbidden(f"{name} {body[name]!r} is not the Salad location of this "
+                            f"credential ({org}/{project})", field=name)
+
+
 def _check_order(min_replicas: int, max_replicas: int) -> None:
     if min_replicas > max_replicas:
         raise ValidationError("min_replicas", "must not be greater than max_replicas")
 
 
 def _owned(query, principal: Principal):
-    return query if principal.is_admin else query.where(ScalingRule.user == principal.user_id)
+    """The rules a caller may see: its tenant's, and for a Salad principal its project's."""
+    if principal.is_admin:
+        return query
+    query = query.where(ScalingRule.user == principal.user_id)
+    if principal.project is not None:
+        query = query.where(ScalingRule.organization_name == principal.organization,
+                            ScalingRule.project_name == principal.project)
+    return query
 
 
 def _get(principal: Principal, container_group_id: str) -> ScalingRule:
@@ -91,12 +111,18 @@ def _get(principal: Principal, container_group_id: str) -> ScalingRule:
 
 
 def _salad_location(principal: Principal, named_project: str | None) -> tuple[str, str]:
-    """The Salad organization and project the caller's container groups live in."""
-    user = users.get(principal.user_id)
-    org = user.org if user else None
-    # A Salad user names the project per request (in their own organization); a Kelpie-key
-    # user has it on their account.
-    project = named_project or (user.project if user else None)
+    """The Salad organization and project the caller's container groups live in: the ones its
+    Salad credential was checked for, else the ones on its Kelpie account. A `Salad-Project`
+    header naming any other project is refused, never followed."""
+    if principal.project is not None:
+        org, project = principal.organization, principal.project
+    else:
+        user = users.get(principal.user_id)
+        org, project = (user.org, user.project) if user else (None, None)
+        if named_project is not None and project is not None and named_project != project:
+            raise Forbidden(f"Salad-Project {named_project!r} is not this key's project "
+                            f"{project!r}", field="Salad-Project")
+        project = project or named_project
     if not org or not project:
         raise ValidationError(
             "container_group_id",
@@ -159,9 +185,9 @@ def _delete(principal: Principal, container_group_id: str) -> None:
 @documented("Create a scaling rule for one of your Salad container groups",
             body="ScalingRuleCreate", responses={201: "ScalingRule"},
             errors=(400, 401, 403, 409))
-@authenticated
+@allow(*TENANT)
 async def create_rule(request: Request):
-    body = _body(request, {"container_group_id", *LIMITS})
+    body = _body(request, {"container_group_id", *LIMITS, *LOCATION_FIELDS})
     container_group_id = body.get("container_group_id")
     if (not isinstance(container_group_id, str) or not container_group_id.strip()
             or len(container_group_id) > 255):
@@ -171,6 +197,7 @@ async def create_rule(request: Request):
     principal = request.ctx.principal
     org, project = await db.run(_salad_location, principal,
                                  request.headers.get("salad-project"))
+    _check_named_location(body, org, project)
     group = await _lookup_group(org, project, container_group_id)
     rule = await db.run(_insert, {
         "container_group_id": container_group_id, "user": principal.user_id,
@@ -182,17 +209,17 @@ async def create_rule(request: Request):
 
 @bp.get("/scaling-rules")
 @documented("Your scaling rules", responses={200: "ScalingRuleList"}, errors=(401, 403))
-@authenticated
+@allow(*TENANT)
 async def list_rules(request: Request):
     query = _owned(ScalingRule.select(), request.ctx.principal).order_by(ScalingRule.created)
     rules = await db.run(lambda: list(query))
-    return json({"rules": [to_dict(rule) for rule in rules]})
+    return json({"_count": len(rules), "rules": [to_dict(rule) for rule in rules]})
 
 
 @bp.get("/scaling-rules/<container_group_id:str>")
 @documented("A scaling rule and its last evaluation", responses={200: "ScalingRule"},
             errors=(401, 403, 404))
-@authenticated
+@allow(*TENANT)
 async def get_rule(request: Request, container_group_id: str):
     rule = await db.run(_get, request.ctx.principal, container_group_id)
     return json(to_dict(rule))
@@ -201,26 +228,30 @@ async def get_rule(request: Request, container_group_id: str):
 @bp.patch("/scaling-rules/<container_group_id:str>")
 @documented("Change some of a scaling rule's limits", body="ScalingRuleUpdate",
             responses={200: "ScalingRule"}, errors=(400, 401, 403, 404))
-@authenticated
+@allow(*TENANT)
 async def update_rule(request: Request, container_group_id: str):
-    changes = _limits(_body(request, set(LIMITS)), required=False)
+    body = _body(request, {"container_group_id", *LIMITS})
+    # The original's clients send the whole rule back: its own id is fine, another is not.
+    if "container_group_id" in body and body["container_group_id"] != container_group_id:
+        raise ValidationError("container_group_id", "cannot be changed")
+    changes = _limits(body, required=False)
     rule = await db.run(_update, request.ctx.principal, container_group_id, changes)
     return json(to_dict(rule))
 
 
 @bp.delete("/scaling-rules/<container_group_id:str>")
 @documented("Delete a scaling rule (the container group is left as it is)",
-            responses={200: "Message"}, errors=(401, 403, 404))
-@authenticated
+            responses={204: None}, errors=(401, 403, 404))
+@allow(*TENANT)
 async def delete_rule(request: Request, container_group_id: str):
     await db.run(_delete, request.ctx.principal, container_group_id)
-    return json({"message": "Scaling rule deleted"})
+    return empty(status=204)
 
 
 @bp.delete("/scaling-rules")
-@documented("Administrator: delete every scaling rule", responses={200: "Count"},
+@documented("Administrator: delete every scaling rule", responses={204: None},
             errors=(401, 403))
-@admin_only
+@allow(*ADMIN_ONLY)
 async def delete_all_rules(request: Request):
-    count = await db.run(lambda: ScalingRule.delete().execute())
-    return json({"count": count})
+    await db.run(lambda: ScalingRule.delete().execute())
+    return empty(status=204)

@@ -4,9 +4,9 @@ from sanic import Blueprint, Request
 from sanic.response import json
 
 from api import db, queue, users, webhooks
-from api.auth import authenticated
 from api.errors import NotFound
 from api.routes import documented
+from api.scopes import TENANT, allow
 
 bp = Blueprint("webhooks")
 
@@ -19,7 +19,7 @@ def _deliveries(principal: queue.Principal, job_id: str) -> list:
 @bp.get("/jobs/<job_id:str>/webhooks")
 @documented("A job's webhook deliveries, oldest first: status, tries, last answer, next retry",
             responses={200: "WebhookDeliveryList"}, errors=(401, 403, 404))
-@authenticated
+@allow(*TENANT)
 async def job_webhooks(request: Request, job_id: str):
     deliveries = await db.run(_deliveries, request.ctx.principal, job_id)
     return json({"deliveries": [webhooks.to_dict(delivery) for delivery in deliveries]})
@@ -28,7 +28,7 @@ async def job_webhooks(request: Request, job_id: str):
 @bp.get("/users/me/webhook-secret")
 @documented("The secret that signs your webhooks (X-Kelpie-Signature); made on first use",
             responses={200: "WebhookSecret"}, errors=(401, 403, 404))
-@authenticated
+@allow(*TENANT)
 async def get_webhook_secret(request: Request):
     secret = await db.run(users.webhook_secret, request.ctx.principal.user_id)
     if secret is None:
@@ -39,7 +39,7 @@ async def get_webhook_secret(request: Request):
 @bp.post("/users/me/webhook-secret")
 @documented("Replace your webhook secret; deliveries sent from now on are signed with the new one",
             responses={201: "WebhookSecret"}, errors=(401, 403, 404))
-@authenticated
+@allow(*TENANT)
 async def rotate_webhook_secret(request: Request):
     secret = await db.run(users.rotate_webhook_secret, request.ctx.principal.user_id)
     return json({"secret": secret}, status=201)

@@ -6,9 +6,9 @@ from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import String
 
 from api import db, fields, queue, reallocation, serialize
-from api.auth import authenticated
 from api.errors import Forbidden, ValidationError
 from api.routes import documented, json_body
+from api.scopes import WORKER_PROTOCOL, allow
 
 bp = Blueprint("work")
 
@@ -17,7 +17,7 @@ def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[
     """Validate the machine and container group a worker speaks for.
 
     A caller authenticated by a worker token may only speak for the machine and container
-    group the token names.
+    group the token names; a worker key only for the container groups it was issued for.
     """
     machine_id = fields.text(machine_id, "machine_id", max_length=255)
     container_group_id = fields.text(container_group_id, "container_group_id", required=False,
@@ -25,9 +25,10 @@ def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[
     principal = request.ctx.principal
     if principal.machine_id is not None and principal.machine_id != machine_id:
         raise Forbidden("machine_id does not match the worker token")
-    if (principal.container_group_id is not None
-            and principal.container_group_id != container_group_id):
-        raise Forbidden("container_group_id does not match the worker token")
+    groups = principal.container_group_ids
+    if groups is not None and container_group_id not in groups:
+        raise Forbidden("container_group_id is not one this worker credential is bound to",
+                        field="container_group_id")
     return machine_id, container_group_id
 
 
@@ -46,7 +47,7 @@ def _report(request: Request) -> dict:
                 Parameter("machine_id", String(), "query", required=True),
                 Parameter("container_group_id", String(), "query"),
             ])
-@authenticated
+@allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def get_work(request: Request):
     machine_id, container_group_id = _worker_identity(
         request, request.args.get("machine_id"), request.args.get("container_group_id"))
@@ -62,7 +63,7 @@ async def get_work(request: Request):
 @documented("Heartbeat; answers the status the worker should act on",
             body="WorkerReport", responses={200: "HeartbeatResponse"},
             errors=(400, 401, 403, 404))
-@authenticated
+@allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def heartbeat(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
@@ -74,7 +75,7 @@ async def heartbeat(request: Request, job_id):
 @bp.post("/jobs/<job_id:uuid>/completed")
 @documented("Report that the job finished and its outputs are uploaded",
             body="WorkerReport", responses={200: "Message"}, errors=(400, 401, 403, 404, 409))
-@authenticated
+@allow(*WORKER_PROTOCOL)
 async def completed(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
@@ -86,7 +87,7 @@ async def completed(request: Request, job_id):
 @bp.post("/jobs/<job_id:uuid>/failed")
 @documented("Report a failed attempt (non-zero exit or failed upload)",
             body="FailureReport", responses={202: "Message"}, errors=(400, 401, 403, 404, 409))
-@authenticated
+@allow(*WORKER_PROTOCOL)
 async def failed(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),

@@ -90,12 +90,14 @@ def test_create_looks_the_group_up_and_stores_where_it_lives(api, salad_api, own
     assert rule["container_group_id"] == group_id
     assert (rule["organization_name"], rule["project_name"], rule["container_group_name"]) == (
         ORG, PROJECT, name)
+    assert rule["org_name"] == ORG and rule["user_id"]  # the original's field names too
     assert (rule["min_replicas"], rule["max_replicas"], rule["idle_threshold_seconds"]) == (0, 0, 30)
     assert rule["last_evaluation"] is None
     assert rule["created"].endswith("Z")
 
     status, body = api.request("GET", "/scaling-rules", key=owner)
     assert status == 200 and [r["container_group_id"] for r in body["rules"]] == [group_id]
+    assert body["_count"] == 1
     # One rule per group.
     status, body = api.request("POST", "/scaling-rules", {
         "container_group_id": group_id, "min_replicas": 0, "max_replicas": 1,
@@ -151,26 +153,29 @@ def test_patch_get_delete_and_tenancy(api, salad_api, owner):
     status, body = api.request("PATCH", f"/scaling-rules/{group_id}",
                                {"container_group_id": "x"}, key=owner)
     assert status == 400, body
+    # The original's clients send the rule's own id back with a change: accepted.
+    status, body = api.request("PATCH", f"/scaling-rules/{group_id}",
+                               {"container_group_id": group_id, "max_replicas": 7}, key=owner)
+    assert status == 200 and body["max_replicas"] == 7, body
 
     stranger = api.create_user("stranger", org=ORG, project=PROJECT)
     assert api.request("GET", f"/scaling-rules/{group_id}", key=stranger)[0] == 404
     assert api.request("PATCH", f"/scaling-rules/{group_id}", {"max_replicas": 1},
                        key=stranger)[0] == 404
     assert api.request("DELETE", f"/scaling-rules/{group_id}", key=stranger)[0] == 404
-    assert api.request("GET", "/scaling-rules", key=stranger)[1] == {"rules": []}
+    assert api.request("GET", "/scaling-rules", key=stranger)[1] == {"_count": 0, "rules": []}
     assert api.request("DELETE", "/scaling-rules", key=stranger)[0] == 403
 
-    status, body = api.request("DELETE", f"/scaling-rules/{group_id}", key=owner)
-    assert status == 200, body
+    # 204 and no body, as the original answers.
+    assert api.request("DELETE", f"/scaling-rules/{group_id}", key=owner) == (204, None)
     assert api.request("GET", f"/scaling-rules/{group_id}", key=owner)[0] == 404
 
 
 def test_admin_deletes_every_rule(api, salad_api, owner):
     group_id = salad_api.add_group(ORG, PROJECT, _name(), replicas=1)
     _rule(api, owner, group_id, minimum=1, maximum=1)
-    status, body = api.request("DELETE", "/scaling-rules")
-    assert status == 200 and body["count"] >= 1, body
-    assert api.request("GET", "/scaling-rules", key=owner)[1] == {"rules": []}
+    assert api.request("DELETE", "/scaling-rules") == (204, None)
+    assert api.request("GET", "/scaling-rules", key=owner)[1] == {"_count": 0, "rules": []}
 
 
 # --- The evaluator -----------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_purge_container_group(api, user_key):
                                key=user_key)
 
     status, body = api.request("DELETE", f"/jobs/container-groups/{group}", key=user_key)
-    assert (status, body) == (202, {"count": 3})
+    assert (status, body) == (200, {"count": 3})  # 200, as the original answers
     _, left = api.request("GET", f"/jobs?container_group_id={group}", key=user_key)
     assert [job["id"] for job in left["jobs"]] == [running["id"]]
     assert left["jobs"][0]["status"] == "canceled"

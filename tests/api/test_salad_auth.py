@@ -295,8 +295,9 @@ def test_worker_token_signed_with_rsa_or_ec_is_accepted(server, identity, kid):
     token, machine_id, group = worker(identity, kid)
     status, work = claim(server, token, machine_id, group)
     assert status == 200 and work == []
-    status, me = call(server, "GET", "/users/me", headers=jwt_headers(token))
-    assert status == 200 and me["id"] == f"salad:{ORG}"
+    # A workload token is a worker credential: the worker protocol and nothing else.
+    status, error = call(server, "GET", "/users/me", headers=jwt_headers(token))
+    assert status == 403 and "scope worker" in error["message"], error
 
 
 def test_job_submitted_with_salad_api_key_is_claimed_by_the_orgs_jwt_worker(

@@ -47,6 +47,9 @@ class ApiProcess:
             "KELPIE_SALAD_API_URL": "http://127.0.0.1:9/api/public",
             "KELPIE_SALAD_AUTH_URL": "http://127.0.0.1:9/auth",
             "KELPIE_SALAD_JWKS_URL": "http://127.0.0.1:9/jwks.json",
+            # Every test calls from 127.0.0.1 and many refuse credentials on purpose: the
+            # failed-authentication throttle is off unless a test of it turns it on.
+            "KELPIE_AUTH_FAILURE_BURST": "0",
             **self.extra_env,
         }
         # The child keeps its own copy of the descriptor; ours is closed right after Popen.

@@ -1,0 +1,103 @@
+"""Kelpie API keys: issued, listed, revoked, and turned into a Principal on every request.
+
+A key has an id (shown in lists and in the audit trail), a name, a scope (`user`, or `worker`
+bound to container groups, for node images that must never read or submit jobs), an optional
+expiry and a last-used time. The secret is shown once, when made, and stored only as a hash.
+"""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from api import db
+from api.errors import NotFound, ValidationError
+from api.models import ApiKey, User
+from api.principal import ADMIN, USER, WORKER, Principal
+from api.serialize import timestamp
+
+ISSUABLE_SCOPES = (USER, WORKER)
+# last_used is written at most this often per key, so a heartbeat stays one read.
+LAST_USED_GRANULARITY = timedelta(seconds=60)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return "kelpie_" + secrets.token_urlsafe(32)
+
+
+def new_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def insert(user_id: str, secret: str, *, name: str | None = None, scope: str = USER,
+           container_group_ids: list[str] | None = None, expires=None) -> ApiKey:
+    """Store a key (inside the caller's transaction)."""
+    return ApiKey.create(key_hash=hash_key(secret), id=new_id(), user=user_id, name=name,
+                         scope=scope, container_group_ids=container_group_ids,
+                         expires=expires, created=db.utcnow())
+
+
+def issue(user_id: str, *, name: str | None = None, scope: str = USER,
+          container_group_ids: list[str] | None = None, expires=None) -> tuple[ApiKey, str]:
+    """A new key for an existing user: (its row, the secret in clear)."""
+    secret = new_secret()
+    with db.write_transaction():
+        user = User.get_or_none(User.id == user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        if user.is_admin:
+            # The administrator has exactly one key, KELPIE_ADMIN_KEY (api/users.ensure_admin
+            # removes any other at start-up); a second one would be a hidden master key.
+            raise ValidationError("user_id", "the administrator's only key is KELPIE_ADMIN_KEY")
+        row = insert(user_id, secret, name=name, scope=scope,
+                     container_group_ids=container_group_ids, expires=expires)
+    return row, secret
+
+
+def authenticate(secret: str) -> Principal | None:
+    """The principal a key stands for; None for unknown, revoked or expired keys."""
+    row = (ApiKey.select(ApiKey, User).join(User)
+           .where(ApiKey.key_hash == hash_key(secret)).first())
+    now = db.utcnow()
+    if row is None or (row.expires is not None and row.expires <= now):
+        return None
+    if row.last_used is None or now - row.last_used >= LAST_USED_GRANULARITY:
+        ApiKey.update(last_used=now).where(ApiKey.key_hash == row.key_hash).execute()
+    user = row.user
+    scope = ADMIN if user.is_admin else row.scope
+    groups = tuple(row.container_group_ids) if scope == WORKER else None
+    return Principal(user_id=user.id, scope=scope, name=user.name, key_id=row.id,
+                     container_group_ids=groups, key_hash=row.key_hash)
+
+
+def is_valid(key_hash: str) -> bool:
+    """Whether the key still exists and has not expired (one indexed read)."""
+    now = db.utcnow()
+    return ApiKey.select().where(ApiKey.key_hash == key_hash,
+                                 ApiKey.expires.is_null() | (ApiKey.expires > now)).exists()
+
+
+def for_user(user_id: str) -> list[ApiKey]:
+    return list(ApiKey.select().where(ApiKey.user == user_id).order_by(ApiKey.created))
+
+
+def revoke(user_id: str, key_id: str) -> None:
+    """Delete the key: the next request with it, in any process, is refused."""
+    with db.write_transaction():
+        if not ApiKey.delete().where(ApiKey.user == user_id, ApiKey.id == key_id).execute():
+            raise NotFound(f"key {key_id} not found")
+
+
+def to_dict(key: ApiKey) -> dict:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scope": key.scope,
+        "container_group_ids": key.container_group_ids,
+        "created": timestamp(key.created),
+        "expires_at": timestamp(key.expires),
+        "last_used": timestamp(key.last_used),
+    }
