@@ -10,7 +10,7 @@ from api import autoscale, config, db, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
-from api.routes import health, jobs, scaling_rules, work
+from api.routes import fleet, health, jobs, scaling_rules, ui, work
 from api.routes import users as user_routes
 from api.routes import webhooks as webhook_routes
 from api.webhooks import webhook_sender
@@ -57,6 +57,8 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp, scaling_rules.bp):
         app.blueprint(blueprint)
     app.blueprint(webhook_routes.bp)
+    app.blueprint(fleet.bp)
+    app.blueprint(ui.bp)
 
     @app.after_server_start
     async def start_background_loops(app):

@@ -36,6 +36,7 @@ def job(job: Job) -> dict:
         "heartbeat": timestamp(job.heartbeat),
         "num_failures": job.num_failures,
         "num_heartbeats": job.num_heartbeats,
+        "num_attempts": job.num_attempts,
         "container_group_id": job.container_group_id,
         "machine_id": job.machine_id,
         "max_failures": job.max_failures,
