@@ -7,6 +7,8 @@ Rejecting them here turns what would be a 500 from the driver into a 400 naming 
 
 from api.errors import ValidationError
 
+MAX_TEXT_LENGTH = 4096  # any text field without a tighter limit of its own
+
 
 def is_storable(value: str) -> bool:
     if "\x00" in value:
@@ -18,7 +20,7 @@ def is_storable(value: str) -> bool:
     return True
 
 
-def text(value, field: str, *, required: bool = True, max_length: int = 4096) -> str | None:
+def text(value, field: str, *, required: bool = True, max_length: int = MAX_TEXT_LENGTH) -> str | None:
     """A string field: present (unless optional), a string, storable, not too long."""
     if value is None:
         if required:

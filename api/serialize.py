@@ -36,12 +36,13 @@ def job(job: Job) -> dict:
         "heartbeat": timestamp(job.heartbeat),
         "num_failures": job.num_failures,
         "num_heartbeats": job.num_heartbeats,
-        "num_attempts": job.num_attempts,
         "container_group_id": job.container_group_id,
         "machine_id": job.machine_id,
         "max_failures": job.max_failures,
         "heartbeat_interval": job.heartbeat_interval,
         "compression": bool(job.compression),
+        # Ours, after the spec's fields: how many times a machine was given the job.
+        "num_attempts": job.num_attempts,
     })
     return body
 

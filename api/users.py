@@ -46,6 +46,10 @@ def find_by_key(key: str) -> User | None:
     return (User.select().join(ApiKey).where(ApiKey.key_hash == hash_key(key)).first())
 
 
+def find_by_name(name: str) -> User | None:
+    return User.select().where(User.name == name).order_by(User.created).first()
+
+
 def get(user_id: str) -> User | None:
     return User.get_or_none(User.id == user_id)
 

@@ -4,27 +4,16 @@ The test drives the worker protocol itself, so every change the page shows happe
 while the page was open: a live refresh, not a reload. Screenshots go to test-artifacts/ui/.
 """
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 from tests.api.jobdefs import sync_job
-from tests.support.api_process import REPO_ROOT, ApiProcess
+from tests.support import browser as browsers
+from tests.support.api_process import ApiProcess
 from tests.support.net import wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
-
-if not Path(CHROMIUM).exists():
-    reason = "chromium is not installed (bash build/browser_tools.sh installs it)"
-    if os.environ.get("KELPIE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"KELPIE_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason, allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = browsers.require_browser()
 expect = sync_api.expect
+ARTIFACTS = browsers.ARTIFACTS / "ui"
 
 GROUP = "dashboard-group"
 
@@ -41,11 +30,8 @@ def api(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
+    with browsers.launch(sync_api) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -55,9 +41,7 @@ def page(browser, request):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     # Everything the page loads must come from the API itself (offline: no CDN).
-    foreign = []
-    page.on("request", lambda req: foreign.append(req.url)
-            if not req.url.startswith(("http://127.0.0.1", "data:")) else None)
+    foreign = browsers.loopback_only(page)
     yield page
     page.screenshot(path=ARTIFACTS / f"{request.node.name}-end.png", full_page=True)
     context.close()
