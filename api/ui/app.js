@@ -94,12 +94,20 @@ async function api(method, path, body, key) {
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
-    if ((response.status === 401 || response.status === 403) && !key && !path.startsWith("/scaling")) {
+    // A 403 can mean "not for you" (another tenant's rule, an admin-only route) as well as a
+    // key that no longer works: only the second signs out, so ask who we are.
+    if ((response.status === 401 || response.status === 403) && !key && !(await keyStillWorks())) {
       signOut("Your key was refused: sign in again.");
     }
     throw new ApiError(response.status, data);
   }
   return data;
+}
+
+async function keyStillWorks() {
+  const response = await fetch("/users/me", {
+    headers: { "X-Kelpie-Key": sessionStorage.getItem(KEY_NAME) || "" } });
+  return response.ok;
 }
 
 // --- Signing in -----------------------------------------------------------------------------
@@ -395,8 +403,9 @@ function ruleForm(rule, done) {
     inputs[name] = h("input", { name, type: "number", min: 0, required: true,
                                 value: rule ? rule[name] : "" });
   }
-  const error = h("p", { class: "error", role: "alert" });
-  return h("form", { class: "card toolbar", onsubmit: async (event) => {
+  const error = h("p", { class: "error form-error", role: "alert" });
+  return h("form", { class: "card toolbar", id: rule ? "rule-edit" : "rule-new",
+                     onsubmit: async (event) => {
     event.preventDefault();
     const body = Object.fromEntries(LIMITS.map((name) => [name, Number(inputs[name].value)]));
     try {
@@ -418,7 +427,7 @@ function showRules() {
     const data = await api("GET", "/scaling-rules");
     body.replaceChildren(...data.rules.map((rule) => {
       const last = rule.last_evaluation;
-      return h("tr", {},
+      return h("tr", { "data-group": rule.container_group_id },
         cell("Container group", h("span", { class: "mono" }, rule.container_group_id),
              h("div", { class: "muted" }, rule.container_group_name)),
         cell("Replicas", `${rule.min_replicas}–${rule.max_replicas}`),
@@ -426,10 +435,10 @@ function showRules() {
         cell("Last evaluation", last ? `${ago(last.at)}: ${last.count} job(s) → target ` +
           `${last.target}, ${last.action || "no action"}${last.error ? `, error: ${last.error}` : ""}`
           : "not yet"),
-        cell("", h("button", { type: "button", onclick: () => {
+        cell("", h("button", { type: "button", class: "edit", onclick: () => {
           editor.replaceChildren(h("h2", {}, `Edit ${rule.container_group_id}`),
                                  ruleForm(rule, () => { editor.replaceChildren(); refresh(); }));
-        } }, "Edit"), " ", h("button", { type: "button", class: "danger", onclick: async () => {
+        } }, "Edit"), " ", h("button", { type: "button", class: "danger delete", onclick: async () => {
           if (!confirm(`Delete the scaling rule of ${rule.container_group_id}?`)) return;
           try { await api("DELETE", `/scaling-rules/${encodeURIComponent(rule.container_group_id)}`); }
           catch (failure) { flash(failure.message); }

@@ -10,6 +10,7 @@ from tests.api.jobdefs import sync_job
 from tests.support import browser as browsers
 from tests.support.api_process import ApiProcess
 from tests.support.net import wait_until
+from tests.support.salad_api import SaladApi
 
 sync_api = browsers.require_browser()
 expect = sync_api.expect
@@ -19,9 +20,20 @@ GROUP = "dashboard-group"
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
+def salad_api():
+    server = SaladApi().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, salad_api):
     directory = tmp_path_factory.mktemp("dashboard")
-    server = ApiProcess(f"sqlite:///{directory / 'kelpie.db'}", log_path=directory / "api.log")
+    # Salad's public API stood in for on loopback, so scaling rules can be made and evaluated.
+    env = {"KELPIE_SALAD_API_URL": salad_api.url, "KELPIE_SALAD_API_KEY": salad_api.api_key,
+           "KELPIE_AUTOSCALE_INTERVAL_S": "0.3", "KELPIE_SALAD_API_BACKOFF_S": "0.05"}
+    server = ApiProcess(f"sqlite:///{directory / 'kelpie.db'}", env=env,
+                        log_path=directory / "api.log")
     server.start()
     yield server
     server.stop()
@@ -202,3 +214,41 @@ def test_phone_layout(browser, api, user_key):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=ARTIFACTS / "phone-jobs.png", full_page=True)
     context.close()
+
+
+def test_scaling_rules_create_edit_delete_with_last_evaluation(page, api, salad_api, request):
+    key = api.create_user(request.node.name, org="acme", project="render")
+    group_id = salad_api.add_group("acme", "render", "dashboard-rules", replicas=0)
+    sign_in(page, api, key)
+    page.click('nav a[href="#/rules"]')
+    expect(page.locator("#rules-body")).to_contain_text("No scaling rules.")
+
+    # A group Salad does not know: the form says why, and the user stays signed in.
+    new = page.locator("#rule-new")
+    new.locator('[name="container_group_id"]').fill("no-such-group")
+    for name, value in (("min_replicas", "0"), ("max_replicas", "5"),
+                        ("idle_threshold_seconds", "0")):
+        new.locator(f'[name="{name}"]').fill(value)
+    new.locator('button[type="submit"]').click()
+    expect(new.locator(".form-error")).to_contain_text("no container group no-such-group")
+    expect(page.locator("#nav")).to_be_visible()
+
+    new.locator('[name="container_group_id"]').fill(group_id)
+    new.locator('button[type="submit"]').click()
+    rule = page.locator(f'tr[data-group="{group_id}"]')
+    expect(rule).to_contain_text("0–5")
+    # The autoscaler's next tick shows up without a reload.
+    expect(rule).to_contain_text("→ target 0", timeout=15_000)
+
+    rule.locator("button.edit").click()
+    edit = page.locator("#rule-edit")
+    edit.locator('[name="max_replicas"]').fill("7")
+    edit.locator('button[type="submit"]').click()
+    expect(rule).to_contain_text("0–7")
+    assert api.request("GET", f"/scaling-rules/{group_id}", key=key)[1]["max_replicas"] == 7
+    page.screenshot(path=ARTIFACTS / "scaling-rules.png", full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    rule.locator("button.delete").click()
+    expect(rule).to_have_count(0)
+    assert api.request("GET", f"/scaling-rules/{group_id}", key=key)[0] == 404
