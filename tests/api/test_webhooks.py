@@ -147,7 +147,7 @@ def test_job_that_fails_once_then_completes(api, user_key, receiver):
         ("attempt_failed", "running", "machine-a", 1, 3),
         ("requeued", "pending", None, None, None),
         ("assigned", "running", "machine-b", 2, None),
-        ("completed", "completed", "machine-b", 2, None),
+        ("completed", "completed", "machine-b", 2, 0),  # a completion is an exit 0
     ]
     assert history["events"][2]["reason"] == "boom"
     assert all(e["at"].endswith("Z") for e in history["events"])
