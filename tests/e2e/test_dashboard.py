@@ -9,7 +9,7 @@ import pytest
 from tests.api.jobdefs import sync_job
 from tests.support import browser as browsers
 from tests.support.api_process import ApiProcess
-from tests.support.net import wait_until
+from tests.support.net import free_port, wait_until
 from tests.support.salad_api import SaladApi
 
 sync_api = browsers.require_browser()
@@ -252,3 +252,19 @@ def test_scaling_rules_create_edit_delete_with_last_evaluation(page, api, salad_
     rule.locator("button.delete").click()
     expect(rule).to_have_count(0)
     assert api.request("GET", f"/scaling-rules/{group_id}", key=key)[0] == 404
+
+
+def test_job_page_lists_webhook_deliveries(page, api, user_key):
+    # Nothing listens on this loopback port: the notification stays pending with its error.
+    hook = f"http://127.0.0.1:{free_port()}/hook"
+    status, job = api.request("POST", "/jobs", sync_job(container_group_id=GROUP, webhook=hook),
+                              key=user_key)
+    assert status == 202
+    assert claim(api, user_key, "machine-hook")[0]["id"] == job["id"]
+    sign_in(page, api, user_key)
+    row(page, job["id"]).locator("a").click()
+    delivery = page.locator("#webhooks-body tr").first
+    expect(delivery).to_contain_text("running")   # the job status it notifies
+    expect(delivery).to_contain_text("pending")   # not delivered yet
+    expect(delivery.locator('td[data-label="Tries"]')).not_to_have_text("0")
+    expect(delivery.locator('td[data-label="Last answer"]')).to_contain_text("Connection")
