@@ -21,9 +21,29 @@ def prepare() -> str:
             if name.endswith(".db"):
                 os.unlink(os.path.join(directory, name))
     else:
-        directory = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+        _remove_orphans()
+        directory = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-")
         os.environ[MULTIPROC_ENV] = directory
     return directory
+
+
+def _remove_orphans() -> None:
+    """Private directories of servers that died without cleaning up (SIGKILL, a crash)."""
+    parent = tempfile.gettempdir()
+    for name in os.listdir(parent):
+        pid = name.removeprefix(PRIVATE_PREFIX).split("-", 1)[0]
+        if name.startswith(PRIVATE_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def remove(directory: str) -> None:

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -163,3 +165,33 @@ def test_grafana_example_uses_only_metrics_we_export(two_workers):
     two_workers.request("POST", "/jobs", sync_job())  # a job to count, a request timed
     exported = {name for name, _ in scrape(two_workers)}
     assert wanted <= exported, wanted - exported
+
+
+def test_private_metrics_directory_is_removed_and_orphans_cleared(tmp_path, monkeypatch):
+    from api import metrics_dir
+
+    # prepare() sets the variable itself; put the environment back however the test ends.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    os.environ.pop(metrics_dir.MULTIPROC_ENV, None)
+    monkeypatch.setattr(metrics_dir.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{metrics_dir.PRIVATE_PREFIX}{dead.pid}-abc"
+    orphan.mkdir()
+    (orphan / "counter_1.db").write_bytes(b"x")
+    foreign = tmp_path / f"{metrics_dir.PRIVATE_PREFIX}{os.getpid()}-live"  # a live server's
+    foreign.mkdir()
+
+    directory = metrics_dir.prepare()
+    assert os.environ[metrics_dir.MULTIPROC_ENV] == directory
+    assert not orphan.exists() and foreign.exists()
+    metrics_dir.remove(directory)
+    assert not Path(directory).exists()
+    # An operator's directory is emptied at start and kept at the end.
+    own = tmp_path / "operator"
+    own.mkdir()
+    (own / "counter_7.db").write_bytes(b"old")
+    os.environ[metrics_dir.MULTIPROC_ENV] = str(own)
+    assert metrics_dir.prepare() == str(own) and list(own.iterdir()) == []
+    metrics_dir.remove(str(own))
+    assert own.exists()
