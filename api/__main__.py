@@ -10,6 +10,7 @@ import sys
 from peewee import DatabaseError
 
 from api import config
+from api.errors import ValidationError
 
 log = logging.getLogger("kelpie.api")
 
@@ -54,24 +55,14 @@ def create_user(args) -> None:
 
     prepare_database(config.load())
     with db.database.connection_context():
-        existing = users.find_by_name(args.name)
-        if existing is not None and not args.another:
-            raise CommandError(
-                f"a user named {args.name!r} already exists (id {existing.id}); choose another "
-                f"name, give it a new key with POST /users/{existing.id}/token, or pass "
-                "--another to create a second user with this name")
-        user, key = users.create(args.name, args.org, args.project)
+        user, key = users.create(args.name, args.org, args.project)  # a taken name: explain()
     print(f"user {user.id} ({user.name})")
     print(f"API key (shown once, store it now): {key}")
 
 
-class CommandError(Exception):
-    """A failure the user can fix, said in one line (no traceback)."""
-
-
 def explain(error: BaseException, args) -> str | None:
     """The one line for a start-up failure a person can act on, or None for a real bug."""
-    if isinstance(error, CommandError):
+    if isinstance(error, ValidationError):  # e.g. create-user with a name that is taken
         return str(error)
     if isinstance(error, DatabaseError):
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -106,8 +97,6 @@ def main(argv=None) -> None:
     user_parser.add_argument("name")
     user_parser.add_argument("--org")
     user_parser.add_argument("--project")
-    user_parser.add_argument("--another", action="store_true",
-                             help="create it even if a user with this name exists")
     user_parser.set_defaults(func=create_user)
 
     args = parser.parse_args(argv)

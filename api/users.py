@@ -5,7 +5,7 @@ import secrets
 import uuid
 
 from api import db
-from api.errors import NotFound
+from api.errors import NotFound, ValidationError
 from api.models import ApiKey, User
 from api.serialize import timestamp
 
@@ -26,6 +26,9 @@ def create(name: str, org: str | None = None, project: str | None = None,
     now = db.utcnow()
     key = new_key()
     with db.write_transaction():
+        # The original service answers 400 for a name that is taken; its scripts rely on it.
+        if User.select().where(User.name == name).exists():
+            raise ValidationError("name", f"a user named {name!r} already exists")
         user = User.create(id=user_id or str(uuid.uuid4()), name=name, org=org, project=project,
                            is_admin=False, created=now)
         ApiKey.create(key_hash=hash_key(key), user=user, created=now)
@@ -44,10 +47,6 @@ def issue_key(user_id: str) -> str:
 
 def find_by_key(key: str) -> User | None:
     return (User.select().join(ApiKey).where(ApiKey.key_hash == hash_key(key)).first())
-
-
-def find_by_name(name: str) -> User | None:
-    return User.select().where(User.name == name).order_by(User.created).first()
 
 
 def get(user_id: str) -> User | None:

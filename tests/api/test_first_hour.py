@@ -39,11 +39,15 @@ def test_create_user_twice_with_one_name_is_refused(tmp_path):
     first = run_api("create-user", "alice", database_url=url)
     assert first.returncode == 0 and "API key" in first.stdout, first.stderr
     second = run_api("create-user", "alice", database_url=url)
-    line = one_line_error(second, "alice", "already exists", "--another")
+    one_line_error(second, "alice", "already exists")
     assert "API key" not in second.stdout
-    # Asked for explicitly, a second user with the name is made.
-    third = run_api("create-user", "alice", "--another", database_url=url)
-    assert third.returncode == 0 and "API key" in third.stdout, line
+    assert run_api("create-user", "bob", database_url=url).returncode == 0
+
+
+def test_post_users_refuses_a_taken_name(api):
+    assert api.request("POST", "/users", {"name": "first-hour-taken"})[0] == 201
+    status, body = api.request("POST", "/users", {"name": "first-hour-taken"})
+    assert status == 400 and body["field"] == "name", body
 
 
 def test_missing_sqlite_directory_is_one_line(tmp_path):
