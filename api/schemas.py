@@ -209,6 +209,33 @@ COMPONENTS = {
         "properties": {"machine_id": {"type": "string", "minLength": 1},
                        "container_group_id": NULLABLE_STRING},
     },
+    "FleetMachines": {
+        "type": "object",
+        "required": ["machines"],
+        "properties": {"machines": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "machine_id": {"type": "string"},
+                "container_group_id": NULLABLE_STRING,
+                "current_job_id": {"type": "string", "nullable": True,
+                                   "description": "The job it runs now (null: idle)."},
+                "last_heartbeat": TIMESTAMP,
+                "last_seen": TIMESTAMP,
+                "bans": {"type": "integer", "description": "Jobs this machine is banned from."},
+            },
+        }}},
+    },
+    "FleetActivity": {
+        "type": "object",
+        "required": ["hours", "counts"],
+        "properties": {
+            "hours": {"type": "array", "items": TIMESTAMP, "minItems": 24, "maxItems": 24,
+                      "description": "The start of each of the last 24 hours, oldest first."},
+            "counts": {"type": "object", "description": "Per status, how many jobs entered it "
+                       "in each of those hours.",
+                       "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+        },
+    },
     "CompletionReport": {
         "type": "object",
         "required": ["machine_id"],

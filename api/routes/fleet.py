@@ -12,7 +12,7 @@ bp = Blueprint("fleet")
 
 @bp.get("/fleet/machines")
 @documented("Machines seen on your jobs in the last hour: group, current job, last heartbeat, "
-            "bans", responses={200: None}, errors=(401, 403))
+            "bans", responses={200: "FleetMachines"}, errors=(401, 403))
 @authenticated
 async def machines(request: Request):
     return json({"machines": await db.run(fleet.machines, request.ctx.principal)})
@@ -20,7 +20,7 @@ async def machines(request: Request):
 
 @bp.get("/fleet/activity")
 @documented("How many of your jobs entered each status, hour by hour over the last 24 hours",
-            responses={200: None}, errors=(401, 403))
+            responses={200: "FleetActivity"}, errors=(401, 403))
 @authenticated
 async def activity(request: Request):
     return json(await db.run(fleet.activity, request.ctx.principal))
