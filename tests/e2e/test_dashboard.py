@@ -1,8 +1,11 @@
 """The dashboard at /ui in a real headless Chromium (Debian's, driven by Playwright).
 
-The test drives the worker protocol itself, so every change the page shows happened in the API
-while the page was open: a live refresh, not a reload. Screenshots go to test-artifacts/ui/.
+Most tests drive the worker protocol themselves, and one runs a real agent, so every change the
+page shows happened in the API while the page was open: a live refresh, not a reload.
+Screenshots go to test-artifacts/ui/.
 """
+
+import sys
 
 import pytest
 
@@ -268,3 +271,27 @@ def test_job_page_lists_webhook_deliveries(page, api, user_key):
     expect(delivery).to_contain_text("pending")   # not delivered yet
     expect(delivery.locator('td[data-label="Tries"]')).not_to_have_text("0")
     expect(delivery.locator('td[data-label="Last answer"]')).to_contain_text("Connection")
+
+
+def test_a_real_agent_runs_the_job_while_the_page_watches(page, api, user_key, agents, group,
+                                                           tmp_path):
+    # The job runs until the test lets it finish, so "running" is certainly on screen first.
+    release = tmp_path / "release"
+    wait_for_release = ("import os, time\n"
+                        f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\n")
+    status, job = api.request("POST", "/jobs", {
+        "command": sys.executable, "arguments": ["-c", wait_for_release],
+        "container_group_id": group, "sync": {"before": [], "during": [], "after": []},
+    }, key=user_key)
+    assert status == 202, job
+    sign_in(page, api, user_key)
+    status_cell = row(page, job["id"]).locator(".status")
+    expect(status_cell).to_have_text("pending")
+
+    agents("machine-real")
+    expect(status_cell).to_have_text("running", timeout=30_000)
+    expect(row(page, job["id"])).to_contain_text("machine-real")
+    expect(row(page, job["id"]).locator('td[data-label="Last heartbeat"]')).to_contain_text("ago")
+    release.touch()
+    expect(status_cell).to_have_text("completed", timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "real-agent-completed.png")
