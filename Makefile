@@ -7,7 +7,8 @@ PODMAN ?= podman
 # Made by build/python_base_image.sh for make test-api-image; removed by make clean.
 PYTHON_BASE_IMAGE := localhost/kelpie-python-base:3.11-bookworm
 
-.PHONY: install test test-api-image lint run demo local bench build-agent container-tools clean
+.PHONY: install test test-api-image lint run demo local bench build-agent container-tools \
+  browser-tools clean
 
 install: $(STAMP)
 
@@ -50,9 +51,13 @@ build-agent:
 container-tools:
 	bash build/container_tools.sh
 
+# Debian's chromium, for the dashboard's browser tests (tests/e2e/test_dashboard.py).
+browser-tools:
+	bash build/browser_tools.sh
+
 # Everything the targets above create (tests/build/test_make_clean.py keeps this list whole).
 clean:
 	rm -rf $(VENV) .venv-bench dist build/work .pytest_cache .ruff_cache .demo .dev \
-	  kelpie.db kelpie.db-wal kelpie.db-shm
+	  test-artifacts kelpie.db kelpie.db-wal kelpie.db-shm
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 	! command -v $(PODMAN) >/dev/null || $(PODMAN) rmi -f $(PYTHON_BASE_IMAGE) >/dev/null 2>&1 || true

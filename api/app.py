@@ -6,12 +6,13 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from agent.version import __version__
-from api import autoscale, config, db, salad, salad_auth, schemas, users
+from api import autoscale, config, db, metrics, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
 from api.ratelimit import FailureLimiter
-from api.routes import health, jobs, scaling_rules, work
+from api.routes import docs, fleet, health, jobs, scaling_rules, ui, work
+from api.routes import metrics as metrics_routes
 from api.routes import users as user_routes
 from api.routes import webhooks as webhook_routes
 from api.webhooks import webhook_sender
@@ -54,11 +55,17 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     db.init(settings)
     salad.configure(settings)
 
+    docs.configure(app)  # Swagger UI's files from this server, not a CDN
     Extend(app)
     _describe_openapi(app)
     for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp, scaling_rules.bp):
         app.blueprint(blueprint)
     app.blueprint(webhook_routes.bp)
+    app.blueprint(fleet.bp)
+    app.blueprint(ui.bp)
+    app.blueprint(docs.bp)
+    app.blueprint(metrics_routes.bp)
+    metrics.install(app)
 
     @app.after_server_start
     async def start_background_loops(app):

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from api import db, queue, salad
+from api import db, metrics, queue, salad
 from api.models import Job, LoopLease, ScalingRule
 
 log = logging.getLogger("kelpie.autoscale")
@@ -134,6 +134,7 @@ def record(rule: ScalingRule, evaluation: Evaluation) -> None:
 async def evaluate(rule: ScalingRule) -> Evaluation:
     count = await db.run(count_jobs, rule)
     evaluation = Evaluation(count=count, target=clamp(count, rule))
+    metrics.AUTOSCALER_CALLS.inc()
     try:
         await salad.call(apply_target, rule, evaluation)
     except salad.SaladNotFound:
@@ -143,6 +144,7 @@ async def evaluate(rule: ScalingRule) -> Evaluation:
                  rule.container_group_name)
     except salad.SaladError as error:
         evaluation.error = str(error)[:2000]
+        metrics.AUTOSCALER_ERRORS.inc()
         log.warning("autoscaling %s failed: %s", rule.container_group_id, error)
     await db.run(record, rule, evaluation)
     return evaluation

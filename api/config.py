@@ -84,6 +84,8 @@ class Settings:
     # Multi-tenant deployments: refuse loopback and private destinations too (link-local and
     # cloud metadata addresses are always refused).
     webhook_deny_private: bool = False
+    # /metrics without a key (default: administrator only; it names every tenant's groups).
+    metrics_public: bool = False
     # When set, the only host names (or IP literals) webhooks may go to, e.g. a single-tenant
     # deployment's own endpoints, or "127.0.0.1,localhost" in test setups. Empty: any host.
     webhook_allowed_hosts: tuple[str, ...] = ()
@@ -150,6 +152,7 @@ def load() -> Settings:
         webhook_poll_interval=_float("KELPIE_WEBHOOK_POLL_S", 1.0),
         webhook_concurrency=_int("KELPIE_WEBHOOK_CONCURRENCY", 8),
         webhook_deny_private=_bool("KELPIE_WEBHOOK_DENY_PRIVATE", False),
+        metrics_public=_bool("KELPIE_METRICS_PUBLIC", False),
         webhook_allowed_hosts=tuple(
             host.strip().lower().strip("[]")
             for host in os.environ.get("KELPIE_WEBHOOK_ALLOWED_HOSTS", "").split(",")

@@ -123,17 +123,10 @@ def _host_header(host: str, port: int, default_port: int) -> str:
     return name if port == default_port else f"{name}:{port}"
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0,
-         deny_private: bool = False, allowed_hosts=(),
-         ssl_context: ssl.SSLContext | None = None) -> Response:
-    """POST `body` to `url` and return the status and the first KiB of the answer.
-
-    `allowed_hosts`, when not empty, is the only host names the URL may name (checked before
-    the name is even resolved).
-
-    Raises Refused (destination not allowed: nothing was sent) or OSError / http.client
-    errors (network trouble: worth retrying). Blocking: call it from a thread.
-    """
+def check_url(url: str, *, deny_private: bool = False, allowed_hosts=()):
+    """The checks that need no DNS: scheme, host, allow list, port, and the address itself when
+    the host is an IP literal. Run when a job is submitted (a refused webhook is a 400 then)
+    and again before each delivery. Returns (parts, host, port); raises Refused."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise Refused(f"scheme {parts.scheme!r} is not http or https")
@@ -148,6 +141,27 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise Refused("the URL's port is not valid") from None
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass  # a name: its addresses are checked when it is resolved, at each delivery
+    else:
+        check_address(host, deny_private=deny_private)
+    return parts, host, port
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0,
+         deny_private: bool = False, allowed_hosts=(),
+         ssl_context: ssl.SSLContext | None = None) -> Response:
+    """POST `body` to `url` and return the status and the first KiB of the answer.
+
+    `allowed_hosts`, when not empty, is the only host names the URL may name (checked before
+    the name is even resolved).
+
+    Raises Refused (destination not allowed: nothing was sent) or OSError / http.client
+    errors (network trouble: worth retrying). Blocking: call it from a thread.
+    """
+    parts, host, port = check_url(url, deny_private=deny_private, allowed_hosts=allowed_hosts)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     default_port = 443 if parts.scheme == "https" else 80

@@ -74,6 +74,10 @@ class JsonErrorHandler(ErrorHandler):
             log.exception("unhandled error on %s %s", request.method, request.path,
                           exc_info=exception)
             message = "internal error"
+        elif status == 404 and getattr(request, "route", None) is None:
+            # The router's own message drops the leading slash ("Requested URL  not found").
+            message = (f"no route {request.method} {request.path}: the API's routes are listed "
+                       "at /docs, the dashboard is at /ui")
         else:
             message = str(exception) or ERROR_CODES.get(status, "error")
         body = {"error": ERROR_CODES.get(status, "internal_error"), "message": message}

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from api.errors import ValidationError
 
+MAX_TEXT_LENGTH = 4096  # any text field without a tighter limit of its own
+
 
 def is_storable(value: str) -> bool:
     if "\x00" in value:
@@ -20,7 +22,7 @@ def is_storable(value: str) -> bool:
     return True
 
 
-def text(value, field: str, *, required: bool = True, max_length: int = 4096) -> str | None:
+def text(value, field: str, *, required: bool = True, max_length: int = MAX_TEXT_LENGTH) -> str | None:
     """A string field: present (unless optional), a string, storable, not too long."""
     if value is None:
         if required:

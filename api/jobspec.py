@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from agent.paths import local_path_problem
 from agent.pattern import PatternRefused, compile_pattern
+from api import buckets, egress, execve
 from api.config import Settings
 from api.errors import ValidationError
 from api.fields import is_storable, text
@@ -29,6 +30,8 @@ JOB_FIELDS = {
     "max_failures", "heartbeat_interval", "compression", *LEGACY_FIELDS,
 }
 MAX_COMMAND_PARTS = 1000
+MAX_COMMAND_LENGTH = 4096
+MAX_ID_LENGTH = 255  # container_group_id
 MAX_SYNC_ENTRIES = 100
 MAX_FAILURES_LIMIT = 1000
 MAX_HEARTBEAT_INTERVAL = 86400
@@ -67,7 +70,7 @@ def _sync_entry(entry, field: str, expected_direction: str) -> dict:
             compile_pattern(pattern)
         except PatternRefused as error:
             raise ValidationError(f"{field}.pattern", error.reason) from None
-    bucket = text(entry.get("bucket"), f"{field}.bucket", max_length=255)
+    bucket = _bucket(entry.get("bucket"), f"{field}.bucket")
     prefix = _prefix(entry.get("prefix"), f"{field}.prefix")
     local_path = text(entry.get("local_path"), f"{field}.local_path")
     problem = local_path_problem(local_path)
@@ -102,13 +105,30 @@ def _sync(value) -> dict:
     return sync
 
 
-def _webhook(value) -> str | None:
+def _bucket(value, field: str) -> str:
+    name = text(value, field, max_length=buckets.MAX_LENGTH)
+    problem = buckets.problem(name)
+    if problem:
+        raise ValidationError(field, problem)
+    return name
+
+
+def _webhook(value, settings: Settings) -> str | None:
     url = text(value, "webhook", required=False)
     if not url:
         return None
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ValidationError("webhook", "must be an http or https URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValidationError("webhook", "must be an http or https URL")
+    # A destination the sender would refuse is refused now, while the user is there to see it.
+    try:
+        egress.check_url(url, deny_private=settings.webhook_deny_private,
+                         allowed_hosts=settings.webhook_allowed_hosts)
+    except egress.Refused as refusal:
+        raise ValidationError("webhook", f"is refused: {refusal}") from None
     return url
 
 
@@ -149,12 +169,12 @@ def parse_job(body, settings: Settings) -> dict:
         raise ValidationError("compression", "must be true or false")
 
     job = {
-        "command": text(body.get("command"), "command"),
+        "command": text(body.get("command"), "command", max_length=MAX_COMMAND_LENGTH),
         "arguments": arguments,
         "environment": environment,
-        "webhook": _webhook(body.get("webhook")),
+        "webhook": _webhook(body.get("webhook"), settings),
         "container_group_id": text(body.get("container_group_id"), "container_group_id",
-                                      required=False, max_length=255) or None,
+                                      required=False, max_length=MAX_ID_LENGTH) or None,
         "max_failures": _integer(body.get("max_failures"), "max_failures",
                                  settings.default_max_failures, 1, MAX_FAILURES_LIMIT),
         "heartbeat_interval": _integer(body.get("heartbeat_interval"), "heartbeat_interval",
@@ -164,6 +184,10 @@ def parse_job(body, settings: Settings) -> dict:
         "sync": None,
         **{name: None for name in LEGACY_FIELDS},
     }
+
+    refused = execve.problem(job["command"], arguments, environment)
+    if refused:
+        raise ValidationError(*refused)
 
     legacy_given = [name for name in LEGACY_FIELDS if body.get(name) is not None]
     has_sync = body.get("sync") is not None
@@ -178,7 +202,7 @@ def parse_job(body, settings: Settings) -> dict:
                     raise ValidationError(name, "is required when legacy bucket fields are used")
                 job[name] = _prefix(body.get(name), name)
             else:
-                job[name] = text(body.get(name), name, max_length=255)
+                job[name] = _bucket(body.get(name), name)
     else:
         raise ValidationError("sync", "is required (or all six legacy bucket and prefix fields)")
     return job

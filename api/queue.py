@@ -9,7 +9,7 @@ synchronous and run on the database thread pool (see `api.db.run`).
 import uuid
 from datetime import timedelta
 
-from api import db, keys, sql, webhooks
+from api import db, keys, metrics, sql, webhooks
 from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
@@ -142,7 +142,9 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
                attempt=attempts + 1, at=now)
         job = Job.get_by_id(job_id)
         webhooks.enqueue(job, RUNNING, now)
-        return job
+    if previous_status == RUNNING:  # counted once the hand-over is committed
+        metrics.INTERRUPTIONS.inc()
+    return job
 
 
 def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
@@ -179,8 +181,9 @@ def complete(principal: Principal, job_id: str, machine_id: str) -> Job:
         _require_holder(job, machine_id)
         Job.update(status=COMPLETED, completed=now, lease_expires=None).where(
             Job.id == job_id).execute()
+        # Completion means the command exited 0 (the worker protocol reports nothing else).
         _event(job_id, "completed", COMPLETED, actor=principal.actor, machine_id=machine_id,
-               attempt=job.num_attempts, at=now)
+               attempt=job.num_attempts, exit_code=0, at=now)
         webhooks.enqueue(job, COMPLETED, now)
     return Job.get_by_id(job_id)
 

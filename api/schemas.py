@@ -8,6 +8,24 @@ describe the same rules for clients and for schemathesis.
 from sanic_ext.extensions.openapi.definitions import Reference
 
 from agent.pattern import MAX_PATTERN_LENGTH, MAX_PROGRAM_SIZE
+from api import buckets, execve
+from api.config import Settings
+from api.fields import MAX_TEXT_LENGTH
+from api.jobspec import (
+    MAX_COMMAND_LENGTH,
+    MAX_COMMAND_PARTS,
+    MAX_FAILURES_LIMIT,
+    MAX_HEARTBEAT_INTERVAL,
+    MAX_ID_LENGTH,
+    MAX_SYNC_ENTRIES,
+)
+
+# The limits below are the ones api/jobspec.py enforces (tests/api/test_openapi_limits.py
+# compares them); the settings' defaults where an operator can change them.
+DEFAULTS = Settings()
+BUCKET = {"type": "string", "minLength": buckets.MIN_LENGTH, "maxLength": buckets.MAX_LENGTH,
+          "pattern": buckets.PATTERN,
+          "description": "An S3 bucket name: lowercase letters, digits, dots and hyphens."}
 
 TIMESTAMP = {"type": "string", "format": "date-time", "nullable": True,
              "example": "2024-04-19T18:53:31.000Z"}
@@ -18,9 +36,10 @@ SYNC_ENTRY = {
     "type": "object",
     "required": ["bucket", "local_path", "direction"],
     "properties": {
-        "bucket": {"type": "string", "minLength": 1},
-        "prefix": {"type": "string", "description": "A trailing / is added when missing."},
-        "local_path": {"type": "string", "minLength": 1,
+        "bucket": BUCKET,
+        "prefix": {"type": "string", "maxLength": MAX_TEXT_LENGTH,
+                   "description": "A trailing / is added when missing."},
+        "local_path": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_LENGTH,
                        "description": "Absolute, or relative to the agent's work directory. "
                        "Refused: relative paths that climb out of it (../x), the system's "
                        "directories (/etc /usr /bin /sbin /lib* /proc /sys /dev /boot and below; "
@@ -39,35 +58,53 @@ SYNC = {
     "type": "object",
     "properties": {
         "before": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                   "maxItems": MAX_SYNC_ENTRIES,
                    "description": "Downloaded before the command starts (direction download)."},
         "during": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                   "maxItems": MAX_SYNC_ENTRIES,
                    "description": "Uploaded as files appear while it runs (direction upload)."},
         "after": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
+                  "maxItems": MAX_SYNC_ENTRIES,
                   "description": "Uploaded after it exits 0, before completion (direction upload)."},
     },
     "additionalProperties": False,
 }
 
 LEGACY_PROPERTIES = {
-    name: {"type": "string", "nullable": True}
+    name: ({**BUCKET, "nullable": True} if name.endswith("_bucket")
+           else {"type": "string", "nullable": True, "maxLength": MAX_TEXT_LENGTH})
     for name in ("input_bucket", "input_prefix", "checkpoint_bucket", "checkpoint_prefix",
                  "output_bucket", "output_prefix")
 }
+# What the job's request shows on the wire; LEGACY_PROPERTIES above is for requests.
+LEGACY_RESPONSE = {name: {"type": "string", "nullable": True} for name in LEGACY_PROPERTIES}
 
 JOB_REQUEST = {
     "type": "object",
     "description": "Either `sync`, or all six legacy bucket/prefix fields.",
     "required": ["command"],
     "properties": {
-        "command": {"type": "string", "minLength": 1},
-        "arguments": {"type": "array", "items": {"type": "string"}},
+        "command": {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND_LENGTH},
+        "arguments": {"type": "array", "items": {"type": "string"},
+                      "maxItems": MAX_COMMAND_PARTS,
+                      "description": "Each at most "
+                      f"{execve.MAX_STRING_BYTES} bytes; command, arguments and environment "
+                      f"together at most {execve.MAX_TOTAL_BYTES} bytes (what execve accepts, "
+                      "with room for the node's own environment)."},
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
         "sync": {"allOf": [{"$ref": "#/components/schemas/Sync"}], "nullable": True},
         **LEGACY_PROPERTIES,
-        "webhook": {"type": "string", "format": "uri", "nullable": True},
-        "container_group_id": NULLABLE_STRING,
-        "max_failures": {"type": "integer", "minimum": 1, "default": 3},
-        "heartbeat_interval": {"type": "integer", "minimum": 1, "default": 30,
+        "webhook": {"type": "string", "format": "uri", "nullable": True,
+                    "maxLength": MAX_TEXT_LENGTH,
+                    "description": "http or https. Refused with 400: link-local and cloud "
+                    "metadata addresses; private ones with KELPIE_WEBHOOK_DENY_PRIVATE; hosts "
+                    "outside KELPIE_WEBHOOK_ALLOWED_HOSTS when that is set."},
+        "container_group_id": {"type": "string", "nullable": True, "maxLength": MAX_ID_LENGTH},
+        "max_failures": {"type": "integer", "minimum": 1, "maximum": MAX_FAILURES_LIMIT,
+                         "default": DEFAULTS.default_max_failures},
+        "heartbeat_interval": {"type": "integer", "minimum": 1,
+                               "maximum": MAX_HEARTBEAT_INTERVAL,
+                               "default": DEFAULTS.default_heartbeat_interval,
                                "description": "Seconds between the worker's heartbeats."},
         "compression": {"type": "boolean", "default": False,
                         "description": "gzip uploads (stored with a .gz suffix)."},
@@ -91,7 +128,7 @@ JOB = {
         "arguments": {"type": "array", "items": {"type": "string"}},
         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
         "sync": {"allOf": [{"$ref": "#/components/schemas/Sync"}], "nullable": True},
-        **LEGACY_PROPERTIES,
+        **LEGACY_RESPONSE,
         "webhook": NULLABLE_STRING,
         "heartbeat": TIMESTAMP,
         "num_failures": {"type": "integer"},
@@ -101,6 +138,7 @@ JOB = {
         "max_failures": {"type": "integer"},
         "heartbeat_interval": {"type": "integer"},
         "compression": {"type": "boolean"},
+        "num_attempts": {"type": "integer", "description": "Times a machine was given the job."},
     },
 }
 
@@ -155,7 +193,7 @@ COMPONENTS = {
     "SyncEntry": SYNC_ENTRY,
     "Sync": SYNC,
     "JobRequest": JOB_REQUEST,
-    "JobBatchRequest": {"type": "array", "minItems": 1, "maxItems": 1000,
+    "JobBatchRequest": {"type": "array", "minItems": 1, "maxItems": DEFAULTS.max_batch_size,
                         "items": {"$ref": "#/components/schemas/JobRequest"}},
     "Job": JOB,
     "JobList": {
@@ -170,6 +208,41 @@ COMPONENTS = {
         "required": ["machine_id"],
         "properties": {"machine_id": {"type": "string", "minLength": 1},
                        "container_group_id": NULLABLE_STRING},
+    },
+    "FleetMachines": {
+        "type": "object",
+        "required": ["machines"],
+        "properties": {"machines": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "machine_id": {"type": "string"},
+                "container_group_id": NULLABLE_STRING,
+                "current_job_id": {"type": "string", "nullable": True,
+                                   "description": "The job it runs now (null: idle)."},
+                "last_heartbeat": TIMESTAMP,
+                "last_seen": TIMESTAMP,
+                "bans": {"type": "integer", "description": "Jobs this machine is banned from."},
+            },
+        }}},
+    },
+    "FleetActivity": {
+        "type": "object",
+        "required": ["hours", "counts"],
+        "properties": {
+            "hours": {"type": "array", "items": TIMESTAMP, "minItems": 24, "maxItems": 24,
+                      "description": "The start of each of the last 24 hours, oldest first."},
+            "counts": {"type": "object", "description": "Per status, how many jobs entered it "
+                       "in each of those hours.",
+                       "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+        },
+    },
+    "CompletionReport": {
+        "type": "object",
+        "required": ["machine_id"],
+        "properties": {"machine_id": {"type": "string", "minLength": 1},
+                       "container_group_id": NULLABLE_STRING,
+                       "exit_code": {"type": "integer", "nullable": True, "enum": [0, None],
+                                     "description": "Optional; a completed job exited 0."}},
     },
     "FailureReport": {
         "type": "object",

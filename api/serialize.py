@@ -41,6 +41,8 @@ def job(job: Job) -> dict:
         "max_failures": job.max_failures,
         "heartbeat_interval": job.heartbeat_interval,
         "compression": bool(job.compression),
+        # Ours, after the spec's fields: how many times a machine was given the job.
+        "num_attempts": job.num_attempts,
     })
     return body
 

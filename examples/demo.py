@@ -105,6 +105,7 @@ def main() -> int:
         imds = FakeImds().start()  # stands in for Salad's metadata service
         started.append(imds)
         key = api.create_user("demo")
+        say(f"  dashboard {api.url}/ui (sign in with key {key}; open while the demo runs)")
 
         s3 = store.client()
         s3.put_object(Bucket=BUCKET, Key="demo/inputs/corpus.txt", Body=b"the quick brown fox\n")

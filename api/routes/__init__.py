@@ -15,6 +15,7 @@ ERROR_RESPONSES = {
     403: "Invalid credentials, or not allowed",
     404: "No such resource (or it belongs to another user)",
     409: "Conflicts with the job's current state",
+    413: "The body is larger than KELPIE_MAX_BODY_BYTES (default 8 MiB)",
     503: "Salad's identity services are unreachable and nothing is cached",
 }
 
@@ -66,7 +67,14 @@ def json_body(request: Request):
     """The request's JSON body, or a 400 that says it is not JSON."""
     try:
         return request.json
-    except BadRequest:
+    except BadRequest as error:
+        # Sanic hides the parser's error behind its own. Nesting deeper than the parser allows
+        # (ujson: 1024 levels; json: the recursion limit) may be valid JSON, but we refuse it,
+        # and the caller should be told that rather than "not valid".
+        cause = error.__context__
+        if isinstance(cause, RecursionError) or "depth limit" in str(cause):
+            raise ValidationError("body", "is too deeply nested (at most 1024 levels of arrays "
+                                  "and objects)") from None
         raise ValidationError("body", "is not valid JSON") from None
 
 

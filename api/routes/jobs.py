@@ -8,13 +8,15 @@ from sanic_ext.extensions.openapi.types import Boolean, Integer, String
 from api import db, fields, jobspec, queue, serialize
 from api.errors import ValidationError
 from api.routes import documented, json_body, query_bool, query_int
+from api.schemas import DEFAULTS
 from api.scopes import ADMIN_ONLY, TENANT, allow
 
 bp = Blueprint("jobs")
+DEFAULT_PAGE_SIZE = 100
 
 
 @bp.post("/jobs")
-@documented("Submit a job", body="JobRequest", responses={202: "Job"})
+@documented("Submit a job", body="JobRequest", responses={202: "Job"}, errors=(400, 413))
 @allow(*TENANT)
 async def submit_job(request: Request):
     spec = jobspec.parse_job(json_body(request), request.app.ctx.settings)
@@ -23,8 +25,8 @@ async def submit_job(request: Request):
 
 
 @bp.post("/jobs/batch")
-@documented("Submit up to 1000 jobs, all or nothing", body="JobBatchRequest",
-            responses={202: "JobList"})
+@documented(f"Submit up to {DEFAULTS.max_batch_size} jobs, all or nothing",
+            body="JobBatchRequest", responses={202: "JobList"}, errors=(400, 413))
 @allow(*TENANT)
 async def submit_batch(request: Request):
     body = json_body(request)
@@ -46,7 +48,8 @@ async def submit_batch(request: Request):
 @documented("List jobs, newest first", responses={200: "JobList"}, parameters=[
     Parameter("status", String(enum=list(queue.STATUSES)), "query"),
     Parameter("container_group_id", String(), "query"),
-    Parameter("page_size", Integer(minimum=1, maximum=1000, default=100), "query"),
+    Parameter("page_size", Integer(minimum=1, maximum=DEFAULTS.max_page_size,
+                                   default=DEFAULT_PAGE_SIZE), "query"),
     Parameter("page", Integer(minimum=1, default=1), "query"),
     Parameter("asc", Boolean(default=False), "query"),
 ])
@@ -62,7 +65,7 @@ async def list_jobs(request: Request):
         container_group_id=fields.text(request.args.get("container_group_id") or None,
                                        "container_group_id", required=False, max_length=255),
         page=query_int(request, "page", 1, 1, 10_000_000),
-        page_size=query_int(request, "page_size", 100, 1, settings.max_page_size),
+        page_size=query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, settings.max_page_size),
         ascending=query_bool(request, "asc", False),
     )
     return json({"_count": count, "jobs": [serialize.job(job) for job in jobs]})

@@ -5,7 +5,7 @@ from sanic.response import json
 from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import String
 
-from api import db, fields, queue, reallocation, serialize
+from api import db, fields, metrics, queue, reallocation, serialize
 from api.errors import Forbidden, ValidationError
 from api.routes import documented, json_body
 from api.scopes import WORKER_PROTOCOL, allow
@@ -56,6 +56,8 @@ async def get_work(request: Request):
                                           container_group_id):
         return json([])
     job = await db.run(queue.claim, request.ctx.principal, machine_id, container_group_id)
+    if job is not None:
+        metrics.CLAIMS.inc()
     return json([] if job is None else [serialize.job(job)])
 
 
@@ -69,17 +71,26 @@ async def heartbeat(request: Request, job_id):
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
     status = await db.run(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
+    if status == queue.RUNNING:
+        metrics.HEARTBEATS.inc()
     return json({"status": status})
 
 
 @bp.post("/jobs/<job_id:uuid>/completed")
 @documented("Report that the job finished and its outputs are uploaded",
-            body="WorkerReport", responses={200: "Message"}, errors=(400, 401, 403, 404, 409))
+            body="CompletionReport", responses={200: "Message"},
+            errors=(400, 401, 403, 404, 409))
 @allow(*WORKER_PROTOCOL)
 async def completed(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
+    # A worker reports completion only after its command exited 0 (the original sends no
+    # exit_code at all); one that says otherwise is contradicting itself.
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (exit_code != 0 or isinstance(exit_code, bool)):
+        raise ValidationError("exit_code", "must be 0 for a completed job (report a failure "
+                              "with POST /jobs/:id/failed)")
     await db.run(queue.complete, request.ctx.principal, str(job_id), machine_id)
     return json({"message": "Job completed"})
 
@@ -100,4 +111,5 @@ async def failed(request: Request, job_id):
     reason = fields.text(reason, "reason", required=False, max_length=100_000)
     await db.run(queue.fail, request.ctx.principal, str(job_id), machine_id,
                  exit_code=exit_code, reason=(reason or None) and reason[:2000])
+    metrics.FAILURES.inc()
     return json({"message": "Job failure recorded"}, status=202)

@@ -147,7 +147,7 @@ def test_job_that_fails_once_then_completes(api, user_key, receiver):
         ("attempt_failed", "running", "machine-a", 1, 3),
         ("requeued", "pending", None, None, None),
         ("assigned", "running", "machine-b", 2, None),
-        ("completed", "completed", "machine-b", 2, None),
+        ("completed", "completed", "machine-b", 2, 0),  # a completion is an exit 0
     ]
     assert history["events"][2]["reason"] == "boom"
     assert all(e["at"].endswith("Z") for e in history["events"])
@@ -291,14 +291,17 @@ def test_signature_verifies_with_the_secret_only(api, user_key, receiver):
     "http://[::ffff:169.254.169.254]/latest/meta-data/",
     "http://[fd00:ec2::254]/latest/meta-data/",
 ])
-def test_metadata_address_webhook_is_refused(api, user_key, url):
-    job_id = submit(api, user_key, url)
-    claim(api, user_key, "machine-meta")
-    [found] = wait_deliveries(api, user_key, job_id, all_settled)
-    assert found["status"] == "failed" and found["attempts"] == 1
-    assert found["last_response_code"] is None and found["next_retry"] is None
-    assert found["last_error"].startswith("refused:")
-    assert "metadata" in found["last_error"]
+def test_metadata_address_webhook_is_refused_at_submission(api, user_key, url):
+    # An IP literal the sender would refuse is a 400 naming the field, and no job is made.
+    # (A name that resolves to such an address is refused at delivery: the egress tests below.)
+    before = api.request("GET", "/jobs", key=user_key)[1]["_count"]
+    job = {"command": "true", "sync": {"before": [], "during": [], "after": []}, "webhook": url}
+    status, body = api.request("POST", "/jobs", job, user_key)
+    assert status == 400, body
+    assert body["field"] == "webhook" and "metadata" in body["message"]
+    status, body = api.request("POST", "/jobs/batch", [job], user_key)
+    assert status == 400 and body["field"] == "[0].webhook", body
+    assert api.request("GET", "/jobs", key=user_key)[1]["_count"] == before
 
 
 def test_webhook_secret_routes_need_credentials(api):

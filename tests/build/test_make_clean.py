@@ -21,6 +21,7 @@ LEFT_BEHIND = [
     "dist/kelpie", "dist/kelpie.sha256",  # make build-agent
     "build/work/venv/bin/python", "build/work/staticx/bootloader",
     ".pytest_cache/README.md",           # make test
+    "test-artifacts/ui/pending.png",     # make test (the browser tests' screenshots)
     ".ruff_cache/CACHEDIR.TAG",          # make lint
     "agent/__pycache__/config.cpython-311.pyc", "tests/build/__pycache__/x.pyc",
     ".demo/api.log",                     # make demo
