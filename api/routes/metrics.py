@@ -7,9 +7,8 @@ from sanic.response import raw
 
 from api import db, metrics
 from api.auth import authenticate
-from api.errors import Forbidden
 from api.routes import documented
-from api.scopes import PUBLIC, allow
+from api.scopes import ADMIN_ONLY, PUBLIC, allow, check
 
 bp = Blueprint("metrics")
 
@@ -22,8 +21,7 @@ bp = Blueprint("metrics")
 async def scrape(request: Request):
     if not request.app.ctx.settings.metrics_public:
         principal = await authenticate(request)
-        if not principal.is_admin:
-            raise Forbidden("administrator only (or set KELPIE_METRICS_PUBLIC=1)")
+        check(principal.scope, ADMIN_ONLY)
     state = await db.run(metrics.read_state)
     body, content_type = metrics.render(state)
     return raw(body, content_type=content_type)

@@ -27,7 +27,9 @@ KINDS = ("admin", "user_a", "user_b", "salad_p", "salad_q", "jwt_g", "jwt_h", "w
 
 
 def call(url: str, method: str, path: str, body=None, headers: dict | None = None):
-    """One request with exactly these headers: (status, decoded body or None)."""
+    """One request with exactly these headers: (status, decoded body or None).
+
+    Pages and metrics are not JSON: their body is returned as text."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, method=method)
     if data is not None:
@@ -36,11 +38,18 @@ def call(url: str, method: str, path: str, body=None, headers: dict | None = Non
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-            return response.status, (json.loads(raw) if raw else None)
+            return response.status, _decode(response)
     except urllib.error.HTTPError as error:
-        raw = error.read()
-        return error.code, (json.loads(raw) if raw else None)
+        return error.code, _decode(error)
+
+
+def _decode(response):
+    raw = response.read()
+    if not raw:
+        return None
+    if "json" not in (response.headers.get("Content-Type") or ""):
+        return raw.decode(errors="replace")
+    return json.loads(raw)
 
 
 @dataclass
