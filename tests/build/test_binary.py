@@ -209,7 +209,7 @@ def test_client_commands_in_empty_root(empty_root, tmp_path):
         key = api.create_user("empty-root-client")
         env = {"KELPIE_API_URL": api.url, "KELPIE_API_KEY": key}
         job = {"command": "/kelpie", "arguments": ["--version"],
-               "sync": {"after": [{"bucket": "b", "prefix": "out/", "local_path": "/out/",
+               "sync": {"after": [{"bucket": "outputs", "prefix": "out/", "local_path": "/out/",
                                    "direction": "upload"}]}}
         result = empty_root.run("/kelpie", "jobs", "submit", "-", env=env, stdin=json.dumps(job))
         assert result.returncode == 0, result.stderr
