@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from agent import commits
 from agent.paths import SyncRule
 from agent.storage import Storage
 from agent.sync import DirectorySync
@@ -19,8 +20,10 @@ def storage(make_config, seaweed):
     store.close()
 
 
-def keys(storage, bucket, prefix):
-    return sorted(o["Key"] for o in storage.list_objects(bucket, prefix))
+def keys(storage, bucket, prefix, markers=False):
+    """The object keys under prefix; commit markers (agent.commits) only if asked for."""
+    return sorted(o["Key"] for o in storage.list_objects(bucket, prefix)
+                  if markers or not commits.is_marker(o["Key"]))
 
 
 @pytest.mark.parametrize("mode", ["inotify", "poll"])
