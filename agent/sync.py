@@ -248,8 +248,8 @@ class DirectorySync:
             self._mark(rel, PUT, due, completed_at=completed_at, found=True,
                        seq=None if before_seq is None else before_seq - 0.5)
         for path, why in problems.items():
-            rel = self._rel(path)
-            if rel is not None and rel not in self.errors:
+            rel = self.rule.rel_for_path(path)
+            if self.rule.matches(rel) and rel not in self.errors:
                 log.error("cannot upload a file", extra={"file": rel, "reason": why})
                 self.errors[rel] = why
 
