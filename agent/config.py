@@ -85,10 +85,10 @@ SETTINGS: list[Setting] = [
             "right after closing is uploaded once, under its final name."),
     Setting(("FILE_WATCHER_RESCAN_S",), "5",
             "Seconds between safety rescans of watched directories (catches missed events)."),
-    Setting(("KELPIE_COMMIT_QUIET_S",), "0.2",
-            "Seconds a completed file (or a directory of one save) must stay untouched, and "
-            "its writer alive, before it is uploaded or committed: a writer that dies within "
-            "this time never replaces a good checkpoint with a torn one."),
+    Setting(("KELPIE_COMMIT_QUIET_S",), "1",
+            "Seconds a checkpoint directory (a top-level directory of a during sync) must stay "
+            "unchanged, with no file in it open for writing, before it is committed as one "
+            "checkpoint a restore may use."),
     Setting(("KELPIE_WRITER_MARGIN_S",), "1",
             "A file completed this many seconds or less before its writer died abnormally (or "
             "before the agent forwarded a signal) counts as written by a dying writer: skipped."),
@@ -253,7 +253,7 @@ def load(environ: dict | None = None) -> Config:
         watcher_poll_interval=_number(env, "FILE_WATCHER_POLL_INTERVAL_S", 0.2, minimum=0.01),
         watcher_debounce=_number(env, "FILE_WATCHER_DEBOUNCE_S", 0.05),
         watcher_rescan=_number(env, "FILE_WATCHER_RESCAN_S", 5, minimum=0.1),
-        commit_quiet=_number(env, "KELPIE_COMMIT_QUIET_S", 0.2),
+        commit_quiet=_number(env, "KELPIE_COMMIT_QUIET_S", 1),
         writer_margin=_number(env, "KELPIE_WRITER_MARGIN_S", 1),
         transfer_concurrency=_number(env, "KELPIE_TRANSFER_CONCURRENCY", 32, int, minimum=1),
         part_concurrency=_number(env, "KELPIE_PART_CONCURRENCY", 8, int, minimum=1),

@@ -4,15 +4,16 @@ previous one goes only after that, and a file a dying writer left behind never r
 object.
 
 The watcher says which files are complete; after a short debounce (so a temp file renamed into
-place is only sent under its final name) each one passes the writer gate (agent.writers: quiet
-period, not open for writing, writer not dying) and is uploaded unless its fingerprint matches
+place is only sent under its final name) each one passes the writer gate (agent.writers: not
+open for writing, writer not dying) and is uploaded unless its fingerprint matches
 the last version sent or downloaded.
 
 Every upload or deletion is an operation with a sequence number, taken when it is noticed. A
 deletion runs only when no upload or directory commit numbered before it is still pending, so
 keep-last-N rotation always leaves the newest complete checkpoint in the bucket; a deletion
 that would follow an upload skipped as torn is dropped. A top-level directory is one
-checkpoint unit, committed by a marker written once all its files are durable (agent.commits).
+checkpoint unit, committed by a marker written once all its files are durable, none is open
+for writing and the directory has not changed for KELPIE_COMMIT_QUIET_S (agent.commits).
 
 A periodic rescan catches anything the watcher missed, and `finish()` does a last full pass
 once the child has exited.
@@ -71,13 +72,14 @@ class DirectorySync:
                  watcher_mode: str = "auto", poll_interval: float = 0.2, debounce: float = 0.05,
                  rescan_interval: float = 5.0, upload_threads: int = 8,
                  may_delete: Callable[[], bool] = lambda: True,
-                 writers: Writers | None = None):
+                 writers: Writers | None = None, commit_quiet: float = 1.0):
         self.rule, self.storage = rule, storage
         # Deleting objects is the one destructive step: it waits until the job is known to be
         # ours (a recent heartbeat), so an agent that stalled and lost the job to another
         # machine cannot delete checkpoints the new holder relies on before it learns so.
         self.may_delete = may_delete
-        self.writers = writers or Writers(quiet=0.2, margin=1.0)
+        self.writers = writers or Writers(margin=1.0)
+        self.commit_quiet = commit_quiet
         self._finishing = False
         self.debounce, self.rescan_interval = debounce, rescan_interval
         self.known: dict[str, Fingerprint] = dict(known)  # what the bucket holds, as we last saw
@@ -289,7 +291,7 @@ class DirectorySync:
         if any(commits.unit_of(rel) == unit for rel in busy):
             return False
         quiet = ignore_quiet or self._finishing
-        return quiet or time.monotonic() >= state.last_change + self.writers.quiet
+        return quiet or time.monotonic() >= state.last_change + self.commit_quiet
 
     # --- the scheduler: hands due operations to the upload pool ---
 
@@ -324,7 +326,7 @@ class DirectorySync:
                 for unit in units:
                     self._units[unit].committing = True
                 if not ready and not units and prescan is None:
-                    pending_units = [s.last_change + self.writers.quiet
+                    pending_units = [s.last_change + self.commit_quiet
                                      for s in self._units.values()
                                      if s.dirty_seq is not None and not s.stuck]
                     wake = min([wake, *pending_units])

@@ -250,7 +250,7 @@ class Worker:
                                       for rel in known.get(_destination(rule), {}))
 
         # 2. watch sync.during, then start the command.
-        writers = Writers(self.config.commit_quiet, self.config.writer_margin)
+        writers = Writers(self.config.writer_margin)
         syncers = [DirectorySync(
             rule, self.storage, known=known.get(_destination(rule), {}),
             watcher_mode=self.config.watcher_mode,
@@ -258,6 +258,7 @@ class Worker:
             debounce=self.config.watcher_debounce, rescan_interval=self.config.watcher_rescan,
             upload_threads=max(2, self.config.transfer_concurrency // 2),
             may_delete=heartbeat.confirmed_recently, writers=writers,
+            commit_quiet=self.config.commit_quiet,
         ) for rule in plan.during]
         for syncer in syncers:
             syncer.start()
@@ -362,7 +363,7 @@ class Worker:
         log.info("shutting down: forwarding the signal to the command",
                  extra={"signal": signal.Signals(signum).name})
         self.state.update(status="stopping")
-        writers.note_signal()
+        writers.note_signal(signum)
         child.signal_group(signum)
         # Keep most of the grace for the child, but leave some for the last uploads.
         child_budget = max(0.0, (deadline - time.monotonic()) * 0.7)

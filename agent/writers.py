@@ -4,11 +4,14 @@ A file closed by a process that is being killed is not a checkpoint: the kernel 
 descriptor of a dying process, so inotify reports a torn file exactly like a finished one. The
 gate answers, for a file about to be uploaded, one of three verdicts:
 
-- WAIT: too fresh (inside the quiet period) or still open for writing by the job's processes;
+- WAIT: too fresh (the writer's death might not be visible yet) or still open for writing by
+  the job's processes;
   its close event, or the next check, brings it back.
-- DYING: written by a dying writer (the child exited by a signal or non-zero shortly after the
-  file was completed, or the file was open for writing when the agent forwarded a signal and
-  the child then did not exit 0). Never uploaded: the object uploaded earlier stays.
+- DYING: written by a dying writer (the child was killed by a signal or exited non-zero
+  shortly after the file was completed, or the file was open for writing when the agent
+  forwarded a signal). Never uploaded: the object uploaded earlier stays. A program that
+  handles the forwarded signal, saves and exits with 0 or 128 + signal is not dying: what it
+  saved after the signal is uploaded.
 - UPLOAD: anything else.
 
 The job's processes are the child's session (the runner starts it with a new session), found in
@@ -25,6 +28,9 @@ from agent.log import get_logger
 log = get_logger(__name__)
 
 UPLOAD, WAIT, DYING = "upload", "wait", "dying"
+# A killed process closes its files and becomes a zombie within a millisecond or so (do_exit:
+# files, then the exit notice): after this much time a death is visible to waitid.
+SETTLE_S = 0.05
 PROC = Path("/proc")
 
 
@@ -83,24 +89,25 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 class Writers:
     """The writer gate for one attempt. Without an attached child (tests, or before the
-    command starts) only the quiet period applies."""
+    command starts) only the settling time applies."""
 
-    def __init__(self, quiet: float, margin: float):
+    def __init__(self, margin: float, quiet: float = SETTLE_S):
         self.quiet, self.margin = quiet, margin
         self.child = None
         self.signalled_at: float | None = None
+        self.signum: int | None = None
         self.open_at_signal: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
     def attach(self, child) -> None:
         self.child = child
 
-    def note_signal(self) -> None:
-        """Called just before the agent forwards a signal to the child: remember what the
+    def note_signal(self, signum: int) -> None:
+        """Called just before the agent forwards `signum` to the child: remember what the
         child is in the middle of writing."""
         with self._lock:
             if self.signalled_at is None:
-                self.signalled_at = time.monotonic()
+                self.signalled_at, self.signum = time.monotonic(), signum
             if self.child is not None and self.child.pid is not None:
                 self.open_at_signal |= files_open_for_writing(session_pids(self.child.pid))
 
@@ -121,7 +128,7 @@ class Writers:
         identity = _identity(path)
         if status is not None:
             code, exited_at = status
-            if code == 0:
+            if self._graceful(code):
                 return UPLOAD
             if identity is not None and identity in self.open_at_signal:
                 return DYING
@@ -134,6 +141,12 @@ class Writers:
         if identity is not None and identity in self._open_now():
             return WAIT
         return UPLOAD
+
+    def _graceful(self, code: int) -> bool:
+        """Exit 0, or the exit a program makes after handling the signal the agent forwarded
+        (128 + signal, by exit(), not killed by it): it chose to stop, after its last save.
+        Killed by a signal (negative) or any other non-zero exit is a dying writer."""
+        return code == 0 or (self.signum is not None and code == 128 + self.signum)
 
     def holds_open_under(self, directory: Path) -> bool:
         """True if the child's processes hold a file under `directory` open for writing."""

@@ -181,7 +181,7 @@ def test_torn_in_place_save_never_replaces_the_good_object(storage, bucket, tmp_
     local.mkdir()
     rule = SyncRule(bucket, "inplace/", local)
     # Margin 0 for the SIGTERM case: only "open when the signal was forwarded" can catch it.
-    writers = Writers(quiet=0.2, margin=1.0 if how == "child SIGKILL" else 0.0)
+    writers = Writers(margin=1.0 if how == "child SIGKILL" else 0.0)
     sync = DirectorySync(rule, storage, known={}, writers=writers)
     sync.start()
     go, half = tmp_path / "go", tmp_path / "half"
@@ -194,7 +194,7 @@ def test_torn_in_place_save_never_replaces_the_good_object(storage, bucket, tmp_
         if how == "child SIGKILL":
             os.killpg(process.pid, signal.SIGKILL)  # as the OOM killer would
         else:
-            writers.note_signal()
+            writers.note_signal(signal.SIGTERM)
             process.signal_group(signal.SIGTERM)
         assert process.wait(10)
         assert sync.finish(timeout=20) == {}
@@ -212,7 +212,7 @@ def test_rotation_after_a_torn_save_keeps_the_previous_checkpoint(storage, bucke
     local = tmp_path / "kl1"
     local.mkdir()
     rule = SyncRule(bucket, "kl1/", local)
-    writers = Writers(quiet=0.3, margin=1.0)
+    writers = Writers(margin=1.0)
     sync = DirectorySync(rule, storage, known={}, writers=writers)
     sync.start()
     go = tmp_path / "go"
@@ -353,7 +353,7 @@ def test_files_of_a_new_directory_are_not_uploaded_mid_write(storage, bucket, tm
     local = tmp_path / "newdir"
     local.mkdir()
     rule = SyncRule(bucket, "newdir/", local)
-    writers = Writers(quiet=0.2, margin=1.0)
+    writers = Writers(margin=1.0)
     sync = DirectorySync(rule, storage, known={}, writers=writers)
     sizes: list[int] = []
     real_upload = storage.upload_files
@@ -381,7 +381,7 @@ def test_files_of_a_new_directory_are_not_uploaded_mid_write(storage, bucket, tm
     try:
         wait_file(half)
         # Give a broken gate every chance to send the half file: wait for the sync to look
-        # at it (a found file is checked after the quiet period) a few times over.
+        # at it (a found file is checked once it settled) many times over.
         with pytest.raises(TimeoutError):
             wait_until(lambda: sizes, timeout=1.5)
         go.touch()
