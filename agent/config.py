@@ -89,7 +89,7 @@ SETTINGS: list[Setting] = [
             "Seconds a checkpoint directory (a top-level directory of a during sync) must stay "
             "unchanged, with no file in it open for writing, before it is committed as one "
             "checkpoint a restore may use."),
-    Setting(("KELPIE_WRITER_MARGIN_S",), "1",
+    Setting(("KELPIE_WRITER_MARGIN_S",), "0.5",
             "A file completed this many seconds or less before its writer died abnormally (or "
             "before the agent forwarded a signal) counts as written by a dying writer: skipped."),
     Setting(("KELPIE_TRANSFER_CONCURRENCY",), "32", "Files transferred in parallel."),
@@ -254,7 +254,7 @@ def load(environ: dict | None = None) -> Config:
         watcher_debounce=_number(env, "FILE_WATCHER_DEBOUNCE_S", 0.05),
         watcher_rescan=_number(env, "FILE_WATCHER_RESCAN_S", 5, minimum=0.1),
         commit_quiet=_number(env, "KELPIE_COMMIT_QUIET_S", 1),
-        writer_margin=_number(env, "KELPIE_WRITER_MARGIN_S", 1),
+        writer_margin=_number(env, "KELPIE_WRITER_MARGIN_S", 0.5),
         transfer_concurrency=_number(env, "KELPIE_TRANSFER_CONCURRENCY", 32, int, minimum=1),
         part_concurrency=_number(env, "KELPIE_PART_CONCURRENCY", 8, int, minimum=1),
         multipart_threshold=_number(env, "KELPIE_MULTIPART_THRESHOLD_MB", 16, int, minimum=5) * mib,

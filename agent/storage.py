@@ -72,6 +72,41 @@ class ObjectChanged(Exception):
     """The object was replaced while it was being read: the file is restarted."""
 
 
+class FileChanged(Exception):
+    """The file was written to while it was being uploaded: the upload is abandoned before the
+    object is replaced, so a good object never gives way to a mix of two versions."""
+
+
+def _unchanged(fd: int, before: os.stat_result) -> bool:
+    now = os.fstat(fd)
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+
+
+class StableReader:
+    """A file body for a single PUT that refuses to finish if the file changed while it was
+    read: the check runs before the last bytes are handed over, so the store never receives a
+    whole body and never replaces the object."""
+
+    def __init__(self, file, before: os.stat_result):
+        self._file, self._before = file, before
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        at_end = (size is None or size < 0 or len(data) < size
+                  or self._file.tell() >= self._before.st_size)
+        if at_end and (self._file.tell() != self._before.st_size
+                       or not _unchanged(self._file.fileno(), self._before)):
+            raise FileChanged(self._file.name)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
 def _precondition_failed(error: Exception) -> bool:
     if isinstance(error, S3RequestError):
         return error.status == 412
@@ -149,6 +184,9 @@ class GzipReader:
         out = bytes(self._buffer[:size])
         del self._buffer[:size]
         return out
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def close(self) -> None:
         self._file.close()
@@ -503,11 +541,15 @@ class Storage:
     # --- uploads ---
 
     def upload_files(self, rule: SyncRule, rels: list[str],
-                     on_done: Callable[[str, Fingerprint], None] | None = None) -> list[str]:
+                     on_done: Callable[[str, Fingerprint], None] | None = None,
+                     changed: set[str] | None = None) -> list[str]:
         """Upload these files in parallel; returns the rels that still failed after retries.
 
         `on_done(rel, fingerprint)` is called for each success with the fingerprint taken
-        before reading the file, so a file changed during its upload is seen as changed.
+        before reading the file, so a file changed during its upload is seen as changed. A
+        file written to while it was read is not uploaded (its object stays as it was); with
+        `changed` given it goes there and is not retried here, since its writer is at work:
+        the caller sends it once it is complete again. Without `changed` it is retried.
         """
         pending = list(rels)
         for attempt in range(1, self.config.max_retries + 1):
@@ -522,6 +564,12 @@ class Storage:
             for future, (rel, fingerprint) in futures.items():
                 try:
                     future.result()
+                except FileChanged:
+                    if changed is not None:
+                        changed.add(rel)
+                        continue
+                    failed.append(rel)
+                    continue
                 except Exception as error:  # noqa: BLE001
                     log.warning("upload failed", extra={"key": rule.key_for(rel),
                                                         "error": str(error), "attempt": attempt})
@@ -545,18 +593,28 @@ class Storage:
         return _Finishing(future, lambda: self.listener.finished("upload", rule.bucket, key))
 
     def _put_small(self, rule: SyncRule, key: str, path: Path) -> None:
+        """One PUT. The bytes sent must be one version of the file: read into memory and
+        checked (lean path, compression), or streamed through StableReader."""
         encoding = "gzip" if rule.compression else None
         with open(path, "rb") as f:
-            if self.fast is not None and os.fstat(f.fileno()).st_size <= FAST_PUT_MAX_BYTES:
+            before = os.fstat(f.fileno())
+            if self.fast is not None and before.st_size <= FAST_PUT_MAX_BYTES:
                 data = f.read()
+                if len(data) != before.st_size or not _unchanged(f.fileno(), before):
+                    raise FileChanged(str(path))
                 if rule.compression:
                     data = gzip.compress(data, compresslevel=6, mtime=0)
                 self.fast.put(rule.bucket, key, data, encoding)
             elif not rule.compression:
-                self.client.put_object(Bucket=rule.bucket, Key=key, Body=f)
+                self.client.put_object(Bucket=rule.bucket, Key=key,
+                                       Body=StableReader(f, before),
+                                       ContentLength=before.st_size)
             else:
                 # Below the multipart threshold, so compressing in memory is bounded.
-                data = gzip.compress(f.read(), compresslevel=6, mtime=0)
+                raw = f.read()
+                if len(raw) != before.st_size or not _unchanged(f.fileno(), before):
+                    raise FileChanged(str(path))
+                data = gzip.compress(raw, compresslevel=6, mtime=0)
                 self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
                                        ContentEncoding="gzip")
 
@@ -585,6 +643,8 @@ class Storage:
 
         try:
             source = GzipReader(path) if rule.compression else open(path, "rb")  # noqa: SIM115
+            fd = source.fileno()
+            before = os.fstat(fd)
             try:
                 number = 0
                 while True:
@@ -596,9 +656,14 @@ class Storage:
                     futures.append(agent_log.submit(self.part_pool, send, number, data))
                     if len(data) < part_size:
                         break
+                # Completing is what replaces the object: only if every part is of one
+                # version of the file (nothing wrote to it while we read it).
+                stable = _unchanged(fd, before)
             finally:
                 source.close()
             parts = [future.result() for future in futures]
+            if not stable:
+                raise FileChanged(str(path))
             self.client.complete_multipart_upload(
                 Bucket=rule.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts})

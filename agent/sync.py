@@ -78,7 +78,7 @@ class DirectorySync:
         # ours (a recent heartbeat), so an agent that stalled and lost the job to another
         # machine cannot delete checkpoints the new holder relies on before it learns so.
         self.may_delete = may_delete
-        self.writers = writers or Writers(margin=1.0)
+        self.writers = writers or Writers(margin=0.5)
         self.commit_quiet = commit_quiet
         self._finishing = False
         self.debounce, self.rescan_interval = debounce, rescan_interval
@@ -386,8 +386,14 @@ class DirectorySync:
             if verdict is None:
                 return  # open for writing: its close event brings it back
             self._open_unit(rel)
-            failed = self.storage.upload_files(self.rule, [rel], on_done=self._uploaded)
-            if failed:
+            changed: set[str] = set()
+            failed = self.storage.upload_files(self.rule, [rel], on_done=self._uploaded,
+                                               changed=changed)
+            if changed:
+                # Written to while we read it: its object stays as it was; the file goes
+                # through the gate again (its writer may still hold it) when it settles.
+                retry_at = time.monotonic() + self.debounce
+            elif failed:
                 self.errors[rel] = "upload failed after retries"
                 retry_at = time.monotonic() + RETRY_FAILED_S
         except Exception as error:  # noqa: BLE001 - recorded; the final pass tries again

@@ -229,3 +229,54 @@ def test_a_canceled_download_stops_and_leaves_nothing(serial_storage, bucket, tm
         storage.download_rule(SyncRule(bucket, "cx/", tmp_path / "down"), cancel)
     assert list((tmp_path / "down").iterdir()) == []
     assert len(opened) == 1  # no part after the cancel was even asked for
+
+
+@pytest.mark.parametrize("size_mib", [1, 8, 12])  # lean PUT, streamed PUT, multipart
+def test_a_file_rewritten_during_its_upload_never_replaces_the_object(storage, bucket, tmp_path,
+                                                                      size_mib, monkeypatch):
+    """An in-place save that starts while the previous version is still going up: the upload
+    must stop with FileChanged before the object is replaced, never send a mix."""
+    size = size_mib * 1024 * 1024
+    source = tmp_path / "up"
+    source.mkdir()
+    path = source / "last.pt"
+    path.write_bytes(b"g" * size)
+    rule = SyncRule(bucket, "rw/", source)
+    assert storage.upload_files(rule, ["last.pt"]) == []
+    path.write_bytes(b"h" * size)  # the version this upload starts to read
+    real_open = open
+
+    class RewrittenWhileRead:
+        """The file as the upload reads it; its first read lets the program start its next
+        in-place save (after the upload took the file's size and times)."""
+
+        def __init__(self, handle):
+            self.handle, self.name, self.rewritten = handle, handle.name, False
+
+        def read(self, size=-1):
+            if not self.rewritten:
+                self.rewritten = True
+                with real_open(path, "r+b") as writer:
+                    writer.write(b"x" * (size_mib * 1024 * 1024 // 2))
+            return self.handle.read(size)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def open_then_rewrite(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return RewrittenWhileRead(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr("agent.storage.open", open_then_rewrite, raising=False)
+    changed: set[str] = set()
+    failed = storage.upload_files(rule, ["last.pt"], changed=changed)
+    monkeypatch.undo()
+    assert failed == [] and changed == {"last.pt"}
+    body = storage.client.get_object(Bucket=bucket, Key="rw/last.pt")["Body"].read()
+    assert body == b"g" * size  # the good object stayed

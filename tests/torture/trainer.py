@@ -13,7 +13,8 @@ Every checkpoint file carries a header line (step, running total, body length, S
 the body), so a checker tells a complete one from a torn one. On start the program resumes
 from the newest checkpoint and exits 3 ("corrupt checkpoint") if that one is torn, as a real
 program would crash. After each save returns it appends the step to a journal outside the
-synced directory (fsync'd): the torture driver reads it to know the last completed saves.
+synced directory (fsync'd), with the time: the torture driver reads it to know the last
+completed saves.
 Training ends once the finish flag exists: the result (total, last step) goes to OUTPUT_DIR.
 """
 
@@ -148,7 +149,7 @@ def main() -> int:
         total += step
         save(args.style, directory, step, total)
         with open(args.journal, "a") as journal:
-            journal.write(f"{step}\n")
+            journal.write(f"{step} {time.time()}\n")
             journal.flush()
             os.fsync(journal.fileno())
         if os.path.exists(args.finish_flag):
