@@ -278,17 +278,26 @@ class DirectorySync:
                 return True
         return False
 
+    def _busy_units(self) -> set[str | None]:
+        """Units with an operation waiting or running (lock held)."""
+        return {commits.unit_of(rel) for rel in [*self._ops, *self._in_flight, *self._again]}
+
     def _commits_possible(self) -> bool:
         """A unit whose changes are all transferred but not yet committed (lock held)."""
-        return any(self._commit_ready(unit, state, ignore_quiet=True)
+        busy = self._busy_units()
+        return any(self._commit_ready(unit, state, busy, ignore_quiet=True)
                    for unit, state in self._units.items()) or any(
             state.committing for state in self._units.values())
 
-    def _commit_ready(self, unit: str, state: _Unit, ignore_quiet: bool = False) -> bool:
-        if state.dirty_seq is None or state.committing or state.stuck:
+    def _commit_ready(self, unit: str, state: _Unit, busy: set[str | None],
+                      ignore_quiet: bool = False) -> bool:
+        if state.dirty_seq is None or state.committing or state.stuck or unit in busy:
             return False
-        busy = (list(self._ops) + list(self._in_flight) + list(self._again))
-        if any(commits.unit_of(rel) == unit for rel in busy):
+        died_at = self.writers.died_at()
+        if died_at is not None and state.last_change + self.commit_quiet > died_at:
+            # Changed shortly before the child was killed: the save may have stopped between
+            # two files. Leave the previous commit in place.
+            state.stuck = True
             return False
         quiet = ignore_quiet or self._finishing
         return quiet or time.monotonic() >= state.last_change + self.commit_quiet
@@ -321,8 +330,9 @@ class DirectorySync:
                 for rel, op in ready:
                     del self._ops[rel]
                     self._in_flight[rel] = op
+                busy = self._busy_units() if self._units else set()
                 units = [unit for unit, state in self._units.items()
-                         if self._commit_ready(unit, state)]
+                         if self._commit_ready(unit, state, busy)]
                 for unit in units:
                     self._units[unit].committing = True
                 if not ready and not units and prescan is None:

@@ -142,6 +142,14 @@ class Writers:
             return WAIT
         return UPLOAD
 
+    def died_at(self) -> float | None:
+        """If the child is dead and did not exit gracefully: the monotonic time from which
+        its writes are suspect (the forwarded signal or the death, whichever came first)."""
+        status = self.child.exit_status() if self.child is not None else None
+        if status is None or self._graceful(status[0]):
+            return None
+        return min(status[1], self.signalled_at or status[1])
+
     def _graceful(self, code: int) -> bool:
         """Exit 0, or the exit a program makes after handling the signal the agent forwarded
         (128 + signal, by exit(), not killed by it): it chose to stop, after its last save.
@@ -158,9 +166,3 @@ class Writers:
                 if _identity(Path(top, name)) in open_files:
                     return True
         return False
-
-    def undecided(self) -> bool:
-        """True while a signal was forwarded and the child has not exited yet: what it
-        writes now can be judged only once its exit status is known."""
-        return (self.signalled_at is not None and self.child is not None
-                and self.child.exit_status() is None)

@@ -63,11 +63,11 @@ def test_rotation_delete_waits_for_the_new_checkpoint(storage, bucket, tmp_path)
     release = threading.Event()
     real_upload, real_delete = storage.upload_files, storage.delete
 
-    def slow_upload(rule_, rels, on_done=None):
+    def slow_upload(rule_, rels, on_done=None, **kwargs):
         if rels == ["ckpt-2"]:
             # Hold ckpt-2's upload until ckpt-1's deletion ran (the bug) or 3 s passed.
             release.wait(3)
-        result = real_upload(rule_, rels, on_done)
+        result = real_upload(rule_, rels, on_done, **kwargs)
         events.append(f"uploaded {rels[0]}")
         return result
 
@@ -101,10 +101,10 @@ def test_polled_deletion_still_waits_for_files_written_before_it(storage, bucket
     deleted = threading.Event()
     real_upload, real_delete = storage.upload_files, storage.delete
 
-    def slow_upload(rule_, rels, on_done=None):
+    def slow_upload(rule_, rels, on_done=None, **kwargs):
         if rels == ["b"]:
             deleted.wait(3)  # a deletion that does not wait gets every chance to go first
-        result = real_upload(rule_, rels, on_done)
+        result = real_upload(rule_, rels, on_done, **kwargs)
         order.append(f"up {rels[0]}")
         return result
 
@@ -138,9 +138,9 @@ def test_shutdown_out_of_time_drops_deletions_instead_of_running_them(storage, b
     hold = threading.Event()
     real_upload = storage.upload_files
 
-    def stuck_upload(rule_, rels, on_done=None):
+    def stuck_upload(rule_, rels, on_done=None, **kwargs):
         hold.wait(10)  # longer than the grace below
-        return real_upload(rule_, rels, on_done)
+        return real_upload(rule_, rels, on_done, **kwargs)
 
     storage.upload_files = stuck_upload
     try:
@@ -309,8 +309,8 @@ def test_a_directory_half_uploaded_is_never_restored(storage, bucket, tmp_path):
     rule = SyncRule(bucket, "half/", local)
     sync = DirectorySync(rule, storage, known={})
     real_upload = storage.upload_files
-    storage.upload_files = lambda r, rels, on_done=None: (
-        rels if rels[0].endswith("optim.bin") else real_upload(r, rels, on_done))
+    storage.upload_files = lambda r, rels, on_done=None, **kwargs: (
+        rels if rels[0].endswith("optim.bin") else real_upload(r, rels, on_done, **kwargs))
     sync.start()
     try:
         (local / "checkpoint-7").mkdir()
@@ -358,9 +358,9 @@ def test_files_of_a_new_directory_are_not_uploaded_mid_write(storage, bucket, tm
     sizes: list[int] = []
     real_upload = storage.upload_files
 
-    def recording(rule_, rels, on_done=None):
+    def recording(rule_, rels, on_done=None, **kwargs):
         sizes.append(os.path.getsize(local / rels[0]))
-        return real_upload(rule_, rels, on_done)
+        return real_upload(rule_, rels, on_done, **kwargs)
 
     storage.upload_files = recording
     go, half = tmp_path / "go", tmp_path / "half"
@@ -393,3 +393,39 @@ def test_files_of_a_new_directory_are_not_uploaded_mid_write(storage, bucket, tm
         storage.upload_files = real_upload
         sync.abandon()
     assert sizes and set(sizes) == {5 * MIB}, sizes
+
+
+def test_a_save_directory_cut_short_by_a_kill_is_not_committed(storage, bucket, tmp_path):
+    """The child writes checkpoint-2/model.bin, then is killed before optimizer.bin: the
+    final pass must not commit checkpoint-2 as it stands (one file of two)."""
+    local = tmp_path / "cut"
+    local.mkdir()
+    rule = SyncRule(bucket, "cut/", local)
+    writers = Writers(margin=0.5)
+    sync = DirectorySync(rule, storage, known={}, writers=writers, commit_quiet=1.0)
+    sync.start()
+    go = tmp_path / "go"
+    process = child(tmp_path, f"""
+        import os, pathlib, signal, time
+        out = pathlib.Path({str(local)!r})
+        (out / "checkpoint-1").mkdir()
+        (out / "checkpoint-1" / "model.bin").write_bytes(b"m1")
+        (out / "checkpoint-1" / "optimizer.bin").write_bytes(b"o1")
+        while not pathlib.Path({str(go)!r}).exists():
+            time.sleep(0.01)
+        (out / "checkpoint-2").mkdir()
+        (out / "checkpoint-2" / "model.bin").write_bytes(b"m2")
+        time.sleep(0.3)  # preparing the optimizer state...
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    writers.attach(process)
+    try:
+        wait_until(lambda: len(commits.decode(storage.get_marker(rule, "checkpoint-1") or b"{}")
+                               or {}) == 2, timeout=20)
+        go.touch()
+        assert process.wait(10)
+        assert sync.finish(timeout=20) == {}
+    finally:
+        sync.abandon()
+    restored = storage.download_rule(SyncRule(bucket, "cut/", tmp_path / "restore"))
+    assert sorted(restored) == ["checkpoint-1/model.bin", "checkpoint-1/optimizer.bin"]
