@@ -29,11 +29,12 @@ test-api-image: install container-tools
 
 # The checkpoint torture suite at full size: 51 kills per save style, 306 in all (about half an
 # hour). `make test` runs the same suite bounded to 6 kills per style. A failure prints the seed
-# and the command that replays it (KELPIE_TORTURE_SEED=...).
+# and the command that replays it (KELPIE_TORTURE_SEED=...); the agents' logs stay in
+# $TMPDIR/kelpie-torture until the next run.
 TORTURE_KILLS_PER_STYLE ?= 51
 torture: install
 	KELPIE_TORTURE_KILLS_PER_STYLE=$(TORTURE_KILLS_PER_STYLE) $(BIN)/python -m pytest -q -s \
-	  -o timeout=7200 tests/torture $(PYTEST_ARGS)
+	  -o timeout=7200 --basetemp=$${TMPDIR:-/tmp}/kelpie-torture tests/torture $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

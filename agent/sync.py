@@ -85,6 +85,7 @@ class DirectorySync:
         self.known: dict[str, Fingerprint] = dict(known)  # what the bucket holds, as we last saw
         self.errors: dict[str, str] = {}
         self.skipped: dict[str, str] = {}  # rel → why it was not uploaded (dying writer)
+        self.link_problems: dict[str, str] = {}  # symlinks that cannot be uploaded (last scan)
         self._seq = count(1)
         self._ops: dict[str, _Op] = {}  # waiting to run
         self._in_flight: dict[str, _Op] = {}
@@ -137,7 +138,7 @@ class DirectorySync:
             self._cond.notify_all()
         self._scheduler.join(timeout=5)
         self._pool.shutdown(wait=False)
-        return dict(self.errors)
+        return {**self.errors, **self.link_problems}
 
     def abandon(self) -> None:
         """Stop without a final pass (the job was canceled or taken away)."""
@@ -249,11 +250,16 @@ class DirectorySync:
                 continue
             self._mark(rel, PUT, due, completed_at=completed_at, found=True,
                        seq=None if before_seq is None else before_seq - 0.5)
+        if before_seq is not None:
+            return  # a partial look: the link problems of the last full scan still stand
+        links = {}
         for path, why in problems.items():
             rel = self.rule.rel_for_path(path)
-            if self.rule.matches(rel) and rel not in self.errors:
-                log.error("cannot upload a file", extra={"file": rel, "reason": why})
-                self.errors[rel] = why
+            if self.rule.matches(rel):
+                links[rel] = why
+                if rel not in self.link_problems:
+                    log.error("cannot upload a file", extra={"file": rel, "reason": why})
+        self.link_problems = links  # a link fixed or removed since is no longer a problem
 
     def _queue_deletions(self) -> None:
         now = time.monotonic()

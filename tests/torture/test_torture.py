@@ -40,6 +40,7 @@ MODES = ["kill-all", "sigterm-agent", "kill-child"]
 STEP_SECONDS = {"atomic": 0.3, "inplace": 0.3, "keep1": 0.3, "keep3": 0.3, "dirs": 1.5,
                 "large": 2.0}
 MARGIN = 0.5  # KELPIE_WRITER_MARGIN_S of the agents
+COMMIT_QUIET = 1.0  # KELPIE_COMMIT_QUIET_S of the agents
 KILLS_PER_STYLE = int(os.environ.get("KELPIE_TORTURE_KILLS_PER_STYLE", "6"))
 SEED = int(os.environ.get("KELPIE_TORTURE_SEED") or secrets.randbelow(10**9))
 TOTALS = {"kills": 0, "lost": 0, "torn": 0}
@@ -65,12 +66,23 @@ def restore_storage(seaweed):
 
 
 def journal(path: Path) -> list[tuple[int, float]]:
-    """(step, time its save returned) of every completed save, oldest first."""
+    """(step, time its save returned) of the completed saves of the current line of work,
+    oldest first. A resume from step R rolls the program back: saves beyond R made before it
+    were lost with their attempt (each was judged when its attempt was killed) and are no
+    longer the program's history."""
+    entries: list[tuple[int, float]] = []
     try:
-        return [(int(step), float(when)) for step, when in
-                (line.split() for line in path.read_text().splitlines() if line.strip())]
-    except (OSError, ValueError):
-        return []
+        lines = path.read_text().splitlines()
+    except OSError:
+        return entries
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "resume":
+            entries = [(step, when) if step <= int(fields[1]) else (-1, when)
+                       for step, when in entries]
+        elif len(fields) == 2:
+            entries.append((int(fields[0]), float(fields[1])))
+    return entries
 
 
 def check_restore(storage, bucket: str, prefix: str, style: str, required: int) -> str | None:
@@ -110,14 +122,27 @@ def test_checkpoints_survive_kills(style, jobs, agents, s3, bucket, restore_stor
                          "local_path": "outputs", "direction": "upload"}]},
         heartbeat_interval=1, max_failures=1000)
     env = {"KELPIE_SHUTDOWN_GRACE_S": "3", "MAX_JOB_FAILURES": "1000",
-           "KELPIE_WRITER_MARGIN_S": str(MARGIN)}
+           "KELPIE_WRITER_MARGIN_S": str(MARGIN), "KELPIE_COMMIT_QUIET_S": str(COMMIT_QUIET)}
+    # How long before a kill the agent (when it outlives the kill) treats a save as possibly
+    # unfinished, by its documented rules: a file completed within KELPIE_WRITER_MARGIN_S of
+    # the signal or the death; a directory changed within KELPIE_COMMIT_QUIET_S of it (the
+    # program may have been killed between two files of the save).
+    suspect = max(MARGIN, COMMIT_QUIET) if style == "dirs" else MARGIN
     failures = []
     for kill in range(KILLS_PER_STYLE):
         mode = MODES[kill % len(MODES)]
         agent = agents(f"{style}-{kill}", **env)
-        wait_until(lambda a=agent: a.state().get("status") == "running" and a.child_pid(),
-                   timeout=60, message=f"{style} kill {kill}: the job never ran\n"
-                   f"{agent.output()[-3000:]}")
+        try:
+            wait_until(lambda a=agent: a.state().get("status") == "running" and a.child_pid(),
+                       timeout=60)
+        except TimeoutError:
+            raise AssertionError(
+                f"{style} kill {kill}: the job never ran\n" + "\n".join(failures) + "\n"
+                + agent.output()[-3000:] + "\n" + replay_hint(style)) from None
+        if "corrupt checkpoint" in agent.output():
+            TOTALS["torn"] += 1
+            failures.append(f"kill {kill}: the program resumed from a torn checkpoint "
+                            f"({agent.log_path})")
         child = agent.child_pid()
         # A random moment of the save cycle: after 0-2 saves of this attempt, then anywhere
         # within one period (mid-write, mid-upload, between saves).
@@ -143,11 +168,10 @@ def test_checkpoints_survive_kills(style, jobs, agents, s3, bucket, restore_stor
             agent.stop()
         entries = journal(journal_path)
         if mode != "kill-all":
-            # The agent survives these kills and judges the child's last files: a save that
-            # returned within KELPIE_WRITER_MARGIN_S of the signal or the death counts as
-            # written by a dying writer, by the documented rule, and is never uploaded.
-            void |= {i for i, (_, when) in enumerate(entries) if when >= killed_at - MARGIN}
-        steps = [step for i, (step, _) in enumerate(entries) if i not in void]
+            # The agent outlives these kills and judges the child's last saves (`suspect`):
+            # those are never uploaded or committed, so they do not count as completed.
+            void |= {i for i, (_, when) in enumerate(entries) if when >= killed_at - suspect}
+        steps = [step for i, (step, _) in enumerate(entries) if i not in void and step >= 0]
         required = steps[-2] if len(steps) >= 2 else 0
         problem = check_restore(restore_storage, bucket, prefix, style, required)
         TOTALS["kills"] += 1

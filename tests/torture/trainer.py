@@ -13,8 +13,8 @@ Every checkpoint file carries a header line (step, running total, body length, S
 the body), so a checker tells a complete one from a torn one. On start the program resumes
 from the newest checkpoint and exits 3 ("corrupt checkpoint") if that one is torn, as a real
 program would crash. After each save returns it appends the step to a journal outside the
-synced directory (fsync'd), with the time: the torture driver reads it to know the last
-completed saves.
+synced directory (fsync'd), with the time, and on start the step it resumed from: the torture
+driver reads it to know the last completed saves.
 Training ends once the finish flag exists: the result (total, last step) goes to OUTPUT_DIR.
 """
 
@@ -142,6 +142,8 @@ def main() -> int:
             return 3
         step, total = state["step"], state["total"]
     print(json.dumps({"resumed_from": step if present else None}), flush=True)
+    with open(args.journal, "a") as journal:
+        journal.write(f"resume {step} {time.time()}\n")
 
     while True:
         time.sleep(args.step_seconds)
