@@ -42,6 +42,8 @@ def test_files_follow_the_directory(storage, bucket, tmp_path, mode):
         os.replace(tmp, local / "c.ckpt")
         wait_until(lambda: keys(storage, bucket, f"{mode}/") == [
             f"{mode}/a.ckpt", f"{mode}/c.ckpt", f"{mode}/sub/b.ckpt"], timeout=10)
+        # An object is listed a moment before its upload is counted: wait for the count.
+        wait_until(lambda: sync.uploads == 3, timeout=10)
         uploads = sync.uploads
         (local / "a.ckpt").unlink()
         wait_until(lambda: f"{mode}/a.ckpt" not in keys(storage, bucket, f"{mode}/"), timeout=10)
