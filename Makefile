@@ -7,8 +7,8 @@ PODMAN ?= podman
 # Made by build/python_base_image.sh for make test-api-image; removed by make clean.
 PYTHON_BASE_IMAGE := localhost/kelpie-python-base:3.11-bookworm
 
-.PHONY: install test test-api-image lint run demo local bench build-agent container-tools \
-  browser-tools clean
+.PHONY: install test test-api-image torture lint run demo local bench build-agent \
+  container-tools browser-tools clean
 
 install: $(STAMP)
 
@@ -27,6 +27,15 @@ test: install build-agent
 # Python base image with debootstrap). Left out of `make test`; CI runs it.
 test-api-image: install container-tools
 	$(BIN)/python -m pytest -m api_image tests/build/test_containers.py $(PYTEST_ARGS)
+
+# The checkpoint torture suite at full size: 51 kills per save style, 306 in all (about half an
+# hour). `make test` runs the same suite bounded to 6 kills per style. A failure prints the seed
+# and the command that replays it (KELPIE_TORTURE_SEED=...); the agents' logs stay in
+# $TMPDIR/kelpie-torture until the next run.
+TORTURE_KILLS_PER_STYLE ?= 51
+torture: install
+	KELPIE_TORTURE_KILLS_PER_STYLE=$(TORTURE_KILLS_PER_STYLE) $(BIN)/python -m pytest -q -s \
+	  -o timeout=7200 --basetemp=$${TMPDIR:-/tmp}/kelpie-torture tests/torture $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

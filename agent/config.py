@@ -85,6 +85,13 @@ SETTINGS: list[Setting] = [
             "right after closing is uploaded once, under its final name."),
     Setting(("FILE_WATCHER_RESCAN_S",), "5",
             "Seconds between safety rescans of watched directories (catches missed events)."),
+    Setting(("KELPIE_COMMIT_QUIET_S",), "1",
+            "Seconds a checkpoint directory (a top-level directory of a during sync) must stay "
+            "unchanged, with no file in it open for writing, before it is committed as one "
+            "checkpoint a restore may use."),
+    Setting(("KELPIE_WRITER_MARGIN_S",), "0.5",
+            "A file completed this many seconds or less before its writer died abnormally (or "
+            "before the agent forwarded a signal) counts as written by a dying writer: skipped."),
     Setting(("KELPIE_TRANSFER_CONCURRENCY",), "32", "Files transferred in parallel."),
     Setting(("KELPIE_PART_CONCURRENCY",), "8",
             "Parts of large files transferred in parallel (across all large files)."),
@@ -137,6 +144,8 @@ class Config:
     watcher_poll_interval: float
     watcher_debounce: float
     watcher_rescan: float
+    commit_quiet: float
+    writer_margin: float
     transfer_concurrency: int
     part_concurrency: int
     multipart_threshold: int
@@ -244,6 +253,8 @@ def load(environ: dict | None = None) -> Config:
         watcher_poll_interval=_number(env, "FILE_WATCHER_POLL_INTERVAL_S", 0.2, minimum=0.01),
         watcher_debounce=_number(env, "FILE_WATCHER_DEBOUNCE_S", 0.05),
         watcher_rescan=_number(env, "FILE_WATCHER_RESCAN_S", 5, minimum=0.1),
+        commit_quiet=_number(env, "KELPIE_COMMIT_QUIET_S", 1),
+        writer_margin=_number(env, "KELPIE_WRITER_MARGIN_S", 0.5),
         transfer_concurrency=_number(env, "KELPIE_TRANSFER_CONCURRENCY", 32, int, minimum=1),
         part_concurrency=_number(env, "KELPIE_PART_CONCURRENCY", 8, int, minimum=1),
         multipart_threshold=_number(env, "KELPIE_MULTIPART_THRESHOLD_MB", 16, int, minimum=5) * mib,

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from agent.log import get_logger
@@ -23,6 +24,8 @@ class ChildProcess:
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
         self.exited = threading.Event()
+        self._exit: tuple[int, float] | None = None  # (returncode, monotonic time first seen)
+        self._exit_lock = threading.Lock()
 
     def start(self) -> None:
         """Raises OSError if the command cannot be started (not found, not executable)."""
@@ -32,8 +35,33 @@ class ChildProcess:
         threading.Thread(target=self._reap, name="kelpie-child-wait", daemon=True).start()
 
     def _reap(self) -> None:
-        self.process.wait()
+        code = self.process.wait()
+        self._record_exit(code)
         self.exited.set()
+
+    def _record_exit(self, code: int) -> None:
+        with self._exit_lock:
+            if self._exit is None:
+                self._exit = (code, time.monotonic())
+
+    def exit_status(self) -> tuple[int, float] | None:
+        """(returncode as Popen gives it: negative for a signal, monotonic time the exit was
+        first seen), or None while the child runs. Peeks at a child that has died but is not
+        reaped yet (waitid WNOWAIT), so the writer gate learns of a death without waiting
+        for the reaper thread."""
+        if self._exit is not None or self.process is None:
+            return self._exit
+        try:
+            info = os.waitid(os.P_PID, self.process.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # just reaped by _reap: it records the status
+            self.exited.wait(5)
+            return self._exit
+        if info is None or info.si_pid == 0:
+            return None
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        self._record_exit(code)
+        return self._exit
 
     @property
     def pid(self) -> int | None:

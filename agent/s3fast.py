@@ -81,11 +81,17 @@ class FastS3:
 
     # --- requests ---
 
-    def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None):
-        """Streaming GET, of the whole object or of bytes [first, last]; returns the urllib3
-        response (content NOT decoded: a gzip-encoded object comes back as its gzip bytes).
-        The caller reads it and calls release_conn()."""
-        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
+    def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None,
+            if_match: str | None = None):
+        """Streaming GET, of the whole object or of bytes [first, last], optionally only if
+        the object still has ETag `if_match` (else S3RequestError with status 412); returns
+        the urllib3 response (content NOT decoded: a gzip-encoded object comes back as its
+        gzip bytes). The caller reads it and calls release_conn()."""
+        extra = {}
+        if byte_range:
+            extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        if if_match:
+            extra["If-Match"] = if_match
         url, headers = self._signed("GET", bucket, key, EMPTY_SHA256, extra)
         response = self.http.request("GET", url, headers=headers, preload_content=False,
                                      decode_content=False)

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import botocore.session
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
+from agent import commits, retry
 from agent import log as agent_log
-from agent import retry
 from agent.config import Config
 from agent.paths import GZIP_SUFFIX, SyncRule, UnsafeKey
-from agent.s3fast import FastS3
+from agent.s3fast import FastS3, S3RequestError
 
 log = agent_log.get_logger(__name__)
 
@@ -61,6 +62,59 @@ class Fingerprint:
 
 class TransferFailed(Exception):
     pass
+
+
+class DownloadCanceled(Exception):
+    """The job was lost while its inputs came down: stop before its directories are cleaned."""
+
+
+class ObjectChanged(Exception):
+    """The object was replaced while it was being read: the file is restarted."""
+
+
+class FileChanged(Exception):
+    """The file was written to while it was being uploaded: the upload is abandoned before the
+    object is replaced, so a good object never gives way to a mix of two versions."""
+
+
+def _unchanged(fd: int, before: os.stat_result) -> bool:
+    now = os.fstat(fd)
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+
+
+class StableReader:
+    """A file body for a single PUT that refuses to finish if the file changed while it was
+    read: the check runs before the last bytes are handed over, so the store never receives a
+    whole body and never replaces the object."""
+
+    def __init__(self, file, before: os.stat_result):
+        self._file, self._before = file, before
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        at_end = (size is None or size < 0 or len(data) < size
+                  or self._file.tell() >= self._before.st_size)
+        if at_end and (self._file.tell() != self._before.st_size
+                       or not _unchanged(self._file.fileno(), self._before)):
+            raise FileChanged(self._file.name)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+def _precondition_failed(error: Exception) -> bool:
+    if isinstance(error, S3RequestError):
+        return error.status == 412
+    if isinstance(error, ClientError):
+        meta = error.response.get("ResponseMetadata", {})
+        return (meta.get("HTTPStatusCode") == 412
+                or error.response.get("Error", {}).get("Code") == "PreconditionFailed")
+    return False
 
 
 class TransferListener:
@@ -131,6 +185,9 @@ class GzipReader:
         del self._buffer[:size]
         return out
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
     def close(self) -> None:
         self._file.close()
 
@@ -191,17 +248,92 @@ class Storage:
         self.client.delete_object(Bucket=rule.bucket, Key=key)
         log.info("deleted object of a deleted file", extra={"bucket": rule.bucket, "key": key})
 
+    # --- commit markers (agent.commits) ---
+
+    def unit_objects(self, rule: SyncRule, unit: str) -> dict[str, dict]:
+        """name under the unit → {"size", "etag"} of every object of a unit, marker aside."""
+        base = f"{rule.prefix}{unit}/"
+        return {obj["Key"][len(base):]: {"size": obj["Size"], "etag": obj["ETag"]}
+                for obj in self.list_objects(rule.bucket, base)
+                if not commits.is_marker(obj["Key"])}
+
+    def get_marker(self, rule: SyncRule, unit: str) -> bytes | None:
+        """The unit's marker, or None if it has none."""
+        try:
+            answer = self.client.get_object(Bucket=rule.bucket,
+                                            Key=commits.marker_key(rule.prefix, unit))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        with answer["Body"] as body:
+            return body.read()
+
+    def put_marker(self, rule: SyncRule, unit: str, body: bytes) -> None:
+        self.client.put_object(Bucket=rule.bucket, Key=commits.marker_key(rule.prefix, unit),
+                               Body=body, ContentType="application/json")
+
+    def delete_marker(self, rule: SyncRule, unit: str) -> None:
+        self.client.delete_object(Bucket=rule.bucket, Key=commits.marker_key(rule.prefix, unit))
+
     # --- downloads ---
 
-    def download_rule(self, rule: SyncRule) -> dict[str, Fingerprint]:
+    def _committed_objects(self, rule: SyncRule, objects: list[dict]) -> list[dict]:
+        """The objects a restore may download: top-level files, units without a marker
+        (older agents, by hand), and of each marked unit only its committed content if all
+        of it is there (agent.commits)."""
+        units: dict[str, dict[str, dict]] = {}
+        marked: set[str] = set()
+        for obj in objects:
+            rel = obj["Key"][len(rule.prefix):]
+            unit = commits.unit_of(rel)
+            if unit is None:
+                continue
+            if commits.is_marker(rel) and rel == f"{unit}/{commits.MARKER_NAME}":
+                marked.add(unit)
+            else:
+                units.setdefault(unit, {})[rel[len(unit) + 1:]] = {
+                    "size": obj["Size"], "etag": obj.get("ETag")}
+        allowed: dict[str, set[str]] = {}
+        for unit in marked:
+            body = self.get_marker(rule, unit)
+            committed = commits.decode(body) if body is not None else None
+            allowed[unit] = commits.restorable(units.get(unit, {}), committed)
+            skipped = sorted(set(units.get(unit, {})) - allowed[unit])
+            if skipped:
+                log.warning("skipped files of a checkpoint directory that is not committed",
+                            extra={"bucket": rule.bucket, "unit": unit,
+                                   "files": skipped[:10], "count": len(skipped)})
+        kept = []
+        for obj in objects:
+            rel = obj["Key"][len(rule.prefix):]
+            unit = commits.unit_of(rel)
+            if commits.is_marker(rel):
+                continue
+            if unit in allowed and rel[len(unit) + 1:] not in allowed[unit]:
+                continue
+            kept.append(obj)
+        return kept
+
+    def _current(self, bucket: str, key: str) -> tuple[int, str]:
+        head = self.client.head_object(Bucket=bucket, Key=key)
+        return head["ContentLength"], head["ETag"]
+
+    def download_rule(self, rule: SyncRule,
+                      cancel: threading.Event | None = None) -> dict[str, Fingerprint]:
         """Download every matching object under the rule's prefix; returns rel → fingerprint.
 
-        Unsafe keys are refused and logged. Raises TransferFailed if any object still fails
-        after retries.
+        Unsafe keys are refused and logged; checkpoint directories that are not committed are
+        skipped (agent.commits). Every GET is pinned to the ETag the listing gave, so a file is
+        never a mix of two versions; an object replaced meanwhile is restarted. Raises
+        TransferFailed if any object still fails after retries, DownloadCanceled once `cancel`
+        is set.
         """
+        cancel = cancel or threading.Event()
         rule.local_dir.mkdir(parents=True, exist_ok=True)
         plans = []
-        for obj in self.list_objects(rule.bucket, rule.prefix):
+        for obj in self._committed_objects(rule, list(self.list_objects(rule.bucket,
+                                                                         rule.prefix))):
             key = obj["Key"]
             if key.endswith("/"):
                 continue  # a "directory" marker object
@@ -216,30 +348,47 @@ class Storage:
                 log.error("refused an object key that would land outside its directory",
                           extra={"bucket": rule.bucket, "key": key, "reason": str(error)})
                 continue
-            plans.append((key, obj.get("Size"), local_rel, path, maybe_compressed))
+            plans.append((key, obj.get("Size"), local_rel, path, maybe_compressed,
+                          obj.get("ETag")))
         fingerprints: dict[str, Fingerprint] = {}
         pending = list(plans)
         for attempt in range(1, self.config.max_retries + 1):
+            if cancel.is_set():
+                raise DownloadCanceled()
             futures = {}
             made: set[Path] = set()
             for plan in pending:
-                key, size, _, path, maybe_compressed = plan
+                key, size, _, path, maybe_compressed, etag = plan
                 if path.parent not in made:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     made.add(path.parent)
                 self.listener.started("download", rule.bucket, key, size)
                 if maybe_compressed or size is None or size < self.threshold:
                     future = agent_log.submit(self.pool, self._get_to_file,
-                                              rule, key, path, maybe_compressed)
+                                              rule, key, path, maybe_compressed, etag, cancel)
                 else:
                     future = agent_log.submit(self.pool, self._get_in_parts,
-                                              rule, key, path, size)
+                                              rule, key, path, size, etag, cancel)
                 futures[future] = plan
             failed = []
+            canceled = False
             for future, plan in futures.items():
-                key, _, local_rel, path, _ = plan
+                key, _, local_rel, path, maybe_compressed, _ = plan
                 try:
                     written = future.result()
+                except DownloadCanceled:
+                    canceled = True
+                    continue
+                except ObjectChanged:
+                    # Replaced while we read it: start that file again on its new version.
+                    log.warning("object changed during its download; restarting it",
+                                extra={"key": key, "attempt": attempt})
+                    try:
+                        size, etag = self._current(rule.bucket, key)
+                    except Exception:  # noqa: BLE001 - the retry will fail and say why
+                        size, etag = plan[1], None
+                    failed.append((key, size, local_rel, path, maybe_compressed, etag))
+                    continue
                 except Exception as error:  # noqa: BLE001 - any failure is retried, then reported
                     log.warning("download failed", extra={"key": key, "error": str(error),
                                                           "attempt": attempt})
@@ -248,6 +397,8 @@ class Storage:
                 finally:
                     self.listener.finished("download", rule.bucket, key)
                 fingerprints[written[0]] = written[2]
+            if canceled or cancel.is_set():
+                raise DownloadCanceled()
             if not failed:
                 break
             pending = failed
@@ -260,19 +411,43 @@ class Storage:
                                       "files": len(fingerprints), "local_dir": str(rule.local_dir)})
         return fingerprints
 
-    def _get_to_file(self, rule: SyncRule, key: str, path: Path, maybe_compressed: bool):
+    def _open(self, bucket: str, key: str, etag: str | None,
+              byte_range: tuple[int, int] | None = None):
+        """A streaming GET pinned to `etag`: (read, done, content encoding). Raises
+        ObjectChanged if the object no longer has that ETag (a 412, or, from a store that
+        ignores If-Match, a different ETag in the answer)."""
+        try:
+            if self.fast is not None:
+                response = self.fast.get(bucket, key, byte_range, if_match=etag)
+                answer_etag = response.headers.get("ETag")
+                encoding = response.headers.get("Content-Encoding", "")
+                read, done = response.read, response.release_conn
+            else:
+                extra = {"IfMatch": etag} if etag else {}
+                if byte_range:
+                    extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+                answer = self.client.get_object(Bucket=bucket, Key=key, **extra)
+                answer_etag = answer.get("ETag")
+                encoding = answer.get("ContentEncoding", "")
+                read, done = answer["Body"].read, answer["Body"].close
+        except Exception as error:
+            if _precondition_failed(error):
+                raise ObjectChanged(key) from error
+            raise
+        if etag and answer_etag and answer_etag.strip('"') != etag.strip('"'):
+            done()
+            raise ObjectChanged(key)
+        return read, done, encoding
+
+    def _get_to_file(self, rule: SyncRule, key: str, path: Path, maybe_compressed: bool,
+                     etag: str | None = None, cancel: threading.Event | None = None):
         """One streaming GET into `path` (through a partial file renamed into place, so a
         reader never sees half a file). A gzip-encoded .gz object of a compressed job is
         decompressed under the name without .gz; any other object is written as it is.
         Returns (rel, path, fingerprint)."""
-        if self.fast is not None:
-            response = self.fast.get(rule.bucket, key)
-            encoding = response.headers.get("Content-Encoding", "")
-            read, done = response.read, response.release_conn
-        else:
-            answer = self.client.get_object(Bucket=rule.bucket, Key=key)
-            encoding = answer.get("ContentEncoding", "")
-            read, done = answer["Body"].read, answer["Body"].close
+        if cancel is not None and cancel.is_set():
+            raise DownloadCanceled()
+        read, done, encoding = self._open(rule.bucket, key, etag)
         decompressor = None
         rel = None
         if maybe_compressed:
@@ -285,6 +460,8 @@ class Storage:
         try:
             with open(partial, "wb") as out:
                 for chunk in iter(lambda: read(READ_CHUNK), b""):
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCanceled()
                     out.write(decompressor.decompress(chunk) if decompressor else chunk)
                 if decompressor:
                     out.write(decompressor.flush())
@@ -296,9 +473,15 @@ class Storage:
             done()
         return rel or rule.rel_for_path(path), path, Fingerprint.of(path)
 
-    def _get_in_parts(self, rule: SyncRule, key: str, path: Path, size: int):
+    def _get_in_parts(self, rule: SyncRule, key: str, path: Path, size: int,
+                      etag: str | None = None, cancel: threading.Event | None = None):
         """A large object as parallel ranged GETs, each written in place with pwrite into a
-        partial file of the right size, renamed into place once every part is in."""
+        partial file of the right size, renamed into place once every part is in. Every
+        range carries If-Match on one ETag (the listing's, else the first answer's), so the
+        parts are all of one version of the object."""
+        cancel = cancel or threading.Event()
+        if etag is None:
+            size, etag = self._current(rule.bucket, key)
         part_size = self.config.multipart_chunksize
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
         progress = _Progress("download", key, size)
@@ -306,7 +489,8 @@ class Storage:
         try:
             os.ftruncate(fd, size)
             futures = [agent_log.submit(self.part_pool, self._get_range, rule.bucket, key, fd,
-                                        offset, min(offset + part_size, size) - 1, progress)
+                                        offset, min(offset + part_size, size) - 1, progress,
+                                        etag, cancel)
                        for offset in range(0, size, part_size)]
             try:
                 for future in futures:
@@ -327,19 +511,18 @@ class Storage:
         return rule.rel_for_path(path), path, Fingerprint.of(path)
 
     def _get_range(self, bucket: str, key: str, fd: int, first: int, last: int,
-                   progress: "_Progress") -> None:
+                   progress: "_Progress", etag: str | None = None,
+                   cancel: threading.Event | None = None) -> None:
         for attempt in range(1, self.config.max_retries + 1):
             offset = first
             try:
-                if self.fast is not None:
-                    response = self.fast.get(bucket, key, (first, last))
-                    read, done = response.read, response.release_conn
-                else:
-                    answer = self.client.get_object(Bucket=bucket, Key=key,
-                                                    Range=f"bytes={first}-{last}")
-                    read, done = answer["Body"].read, answer["Body"].close
+                if cancel is not None and cancel.is_set():
+                    raise DownloadCanceled()
+                read, done, _ = self._open(bucket, key, etag, (first, last))
                 try:
                     while chunk := read(READ_CHUNK):
+                        if cancel is not None and cancel.is_set():
+                            raise DownloadCanceled()
                         os.pwrite(fd, chunk, offset)
                         offset += len(chunk)
                 finally:
@@ -348,6 +531,8 @@ class Storage:
                     raise TransferFailed(f"{key}: range {first}-{last} ended at {offset}")
                 progress.add(last + 1 - first)
                 return
+            except (DownloadCanceled, ObjectChanged):
+                raise  # neither gets better by asking again for this range
             except Exception:  # noqa: BLE001 - retried below, then raised
                 if attempt == self.config.max_retries:
                     raise
@@ -356,11 +541,15 @@ class Storage:
     # --- uploads ---
 
     def upload_files(self, rule: SyncRule, rels: list[str],
-                     on_done: Callable[[str, Fingerprint], None] | None = None) -> list[str]:
+                     on_done: Callable[[str, Fingerprint], None] | None = None,
+                     changed: set[str] | None = None) -> list[str]:
         """Upload these files in parallel; returns the rels that still failed after retries.
 
         `on_done(rel, fingerprint)` is called for each success with the fingerprint taken
-        before reading the file, so a file changed during its upload is seen as changed.
+        before reading the file, so a file changed during its upload is seen as changed. A
+        file written to while it was read is not uploaded (its object stays as it was); with
+        `changed` given it goes there and is not retried here, since its writer is at work:
+        the caller sends it once it is complete again. Without `changed` it is retried.
         """
         pending = list(rels)
         for attempt in range(1, self.config.max_retries + 1):
@@ -375,6 +564,12 @@ class Storage:
             for future, (rel, fingerprint) in futures.items():
                 try:
                     future.result()
+                except FileChanged:
+                    if changed is not None:
+                        changed.add(rel)
+                        continue
+                    failed.append(rel)
+                    continue
                 except Exception as error:  # noqa: BLE001
                     log.warning("upload failed", extra={"key": rule.key_for(rel),
                                                         "error": str(error), "attempt": attempt})
@@ -398,18 +593,28 @@ class Storage:
         return _Finishing(future, lambda: self.listener.finished("upload", rule.bucket, key))
 
     def _put_small(self, rule: SyncRule, key: str, path: Path) -> None:
+        """One PUT. The bytes sent must be one version of the file: read into memory and
+        checked (lean path, compression), or streamed through StableReader."""
         encoding = "gzip" if rule.compression else None
         with open(path, "rb") as f:
-            if self.fast is not None and os.fstat(f.fileno()).st_size <= FAST_PUT_MAX_BYTES:
+            before = os.fstat(f.fileno())
+            if self.fast is not None and before.st_size <= FAST_PUT_MAX_BYTES:
                 data = f.read()
+                if len(data) != before.st_size or not _unchanged(f.fileno(), before):
+                    raise FileChanged(str(path))
                 if rule.compression:
                     data = gzip.compress(data, compresslevel=6, mtime=0)
                 self.fast.put(rule.bucket, key, data, encoding)
             elif not rule.compression:
-                self.client.put_object(Bucket=rule.bucket, Key=key, Body=f)
+                self.client.put_object(Bucket=rule.bucket, Key=key,
+                                       Body=StableReader(f, before),
+                                       ContentLength=before.st_size)
             else:
                 # Below the multipart threshold, so compressing in memory is bounded.
-                data = gzip.compress(f.read(), compresslevel=6, mtime=0)
+                raw = f.read()
+                if len(raw) != before.st_size or not _unchanged(f.fileno(), before):
+                    raise FileChanged(str(path))
+                data = gzip.compress(raw, compresslevel=6, mtime=0)
                 self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
                                        ContentEncoding="gzip")
 
@@ -438,6 +643,8 @@ class Storage:
 
         try:
             source = GzipReader(path) if rule.compression else open(path, "rb")  # noqa: SIM115
+            fd = source.fileno()
+            before = os.fstat(fd)
             try:
                 number = 0
                 while True:
@@ -449,9 +656,14 @@ class Storage:
                     futures.append(agent_log.submit(self.part_pool, send, number, data))
                     if len(data) < part_size:
                         break
+                # Completing is what replaces the object: only if every part is of one
+                # version of the file (nothing wrote to it while we read it).
+                stable = _unchanged(fd, before)
             finally:
                 source.close()
             parts = [future.result() for future in futures]
+            if not stable:
+                raise FileChanged(str(path))
             self.client.complete_multipart_upload(
                 Bucket=rule.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts})

@@ -38,13 +38,47 @@ EVENT_HEADER = struct.Struct("iIII")
 PathCallback = Callable[[Path], None]
 
 
-def iter_files(root: Path):
-    """Every regular file under root (symlinks not followed), skipping our partial downloads."""
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = Path(directory, name)
-            if path.is_file() and not path.is_symlink():
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def iter_files(root: Path, problems: dict[Path, str] | None = None):
+    """Every file under root that can be uploaded. A symlink is followed when its target
+    stays inside root (a file: uploaded under the link's name; a directory: walked), so the
+    link's data is saved as plain files. A symlink that points outside root, dangles or loops
+    cannot be uploaded: it is put in `problems` (path → why), never silently skipped."""
+    real_root = os.path.realpath(root)
+    seen_dirs = {real_root}
+    stack = [Path(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield path
+                continue
+            target = os.path.realpath(path)
+            if not _inside(target, real_root):
+                if problems is not None:
+                    problems[path] = f"symlink points outside the synced directory ({target})"
+            elif os.path.isdir(target):
+                if target in seen_dirs or _inside(real_root, target):
+                    if problems is not None:
+                        problems[path] = "symlink makes a directory loop"
+                else:
+                    seen_dirs.add(target)
+                    stack.append(path)
+            elif os.path.isfile(target):
                 yield path
+            elif problems is not None:
+                problems[path] = "symlink target does not exist or is not a regular file"
 
 
 class _Libc:
@@ -77,9 +111,10 @@ def inotify_available() -> bool:
 
 class InotifyWatcher:
     def __init__(self, root: Path, on_complete: PathCallback, on_deleted: PathCallback,
-                 on_overflow: Callable[[], None]):
+                 on_overflow: Callable[[], None], on_found: PathCallback | None = None):
         self.root = root
         self.on_complete, self.on_deleted, self.on_overflow = on_complete, on_deleted, on_overflow
+        self.on_found = on_found or on_complete
         self.libc = _Libc.get()
         self.fd = self.libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0:
@@ -115,12 +150,14 @@ class InotifyWatcher:
 
     def _add_tree(self, top: Path, announce: bool) -> None:
         """Watch `top` and everything below it. With `announce`, files already there (written
-        before the watch existed) are reported complete."""
+        before the watch existed) are reported as *found*, not complete: one may still be
+        half-written by a writer whose close event will come now that the watch exists, so
+        the sync checks it (writer gate) before uploading it."""
         for directory, subdirs, names in os.walk(top):
             self._add_watch(Path(directory))
             if announce:
                 for name in names:
-                    self.on_complete(Path(directory, name))
+                    self.on_found(Path(directory, name))
             subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
 
     def _run(self) -> None:
@@ -219,9 +256,10 @@ class PollingWatcher:
 
 
 def make_watcher(mode: str, root: Path, on_complete: PathCallback, on_deleted: PathCallback,
-                 on_overflow: Callable[[], None], poll_interval: float):
+                 on_overflow: Callable[[], None], poll_interval: float,
+                 on_found: PathCallback | None = None):
     if mode in ("auto", "inotify") and inotify_available():
-        return InotifyWatcher(root, on_complete, on_deleted, on_overflow)
+        return InotifyWatcher(root, on_complete, on_deleted, on_overflow, on_found)
     if mode == "inotify":
         log.warning("inotify unavailable; polling instead")
     return PollingWatcher(root, on_complete, on_deleted, poll_interval)

@@ -13,9 +13,10 @@ from agent.imds import DELETION_COST_UPLOADING, Imds
 from agent.jobs import JobDirectories, JobError, JobPlan, child_environment, plan_for, prepare_directories
 from agent.runner import ChildProcess
 from agent.state import StateFile
-from agent.storage import Fingerprint, Storage, TransferFailed
+from agent.storage import DownloadCanceled, Fingerprint, Storage, TransferFailed
 from agent.sync import DirectorySync
 from agent.watch import iter_files
+from agent.writers import Writers
 
 log = agent_log.get_logger(__name__)
 
@@ -226,9 +227,20 @@ class Worker:
         # 1. sync.before, in a helper thread so a cancel or shutdown need not wait for it.
         self.state.update(status="downloading")
         downloads: Future = Future()
-        agent_log.job_thread(lambda: self._download(plan, downloads), name="kelpie-download"
-                             ).start()
-        self._wait(downloads, heartbeat)
+        cancel = threading.Event()
+        agent_log.job_thread(lambda: self._download(plan, downloads, cancel),
+                             name="kelpie-download").start()
+        try:
+            self._wait(downloads, heartbeat)
+        except (JobLost, ShuttingDown):
+            # Stop the download before anything cleans its directories, so no thread keeps
+            # writing into them afterwards.
+            cancel.set()
+            try:
+                downloads.exception(timeout=60)
+            except TimeoutError:
+                log.warning("the download did not stop within 60 s")
+            raise
         try:
             known = downloads.result()
         except TransferFailed as error:
@@ -238,13 +250,15 @@ class Worker:
                                       for rel in known.get(_destination(rule), {}))
 
         # 2. watch sync.during, then start the command.
+        writers = Writers(self.config.writer_margin)
         syncers = [DirectorySync(
             rule, self.storage, known=known.get(_destination(rule), {}),
             watcher_mode=self.config.watcher_mode,
             poll_interval=self.config.watcher_poll_interval,
             debounce=self.config.watcher_debounce, rescan_interval=self.config.watcher_rescan,
             upload_threads=max(2, self.config.transfer_concurrency // 2),
-            may_delete=heartbeat.confirmed_recently,
+            may_delete=heartbeat.confirmed_recently, writers=writers,
+            commit_quiet=self.config.commit_quiet,
         ) for rule in plan.during]
         for syncer in syncers:
             syncer.start()
@@ -257,6 +271,7 @@ class Worker:
                 syncer.abandon()
             self._report_failed(plan.job_id, None, f"command could not start: {error}")
             return
+        writers.attach(child)
         self.state.update(status="running", child_pid=child.pid)
 
         try:
@@ -267,7 +282,7 @@ class Worker:
                 syncer.abandon()
             raise
         except ShuttingDown:
-            self._shut_down_with_child(child, syncers)
+            self._shut_down_with_child(child, syncers, writers)
             raise
 
         # 3. the command exited: last pass over the during directories.
@@ -298,17 +313,17 @@ class Worker:
             return
         self._report_completed(plan.job_id)
 
-    def _download(self, plan: JobPlan, result: Future) -> None:
+    def _download(self, plan: JobPlan, result: Future, cancel: threading.Event) -> None:
         known: dict = {}
         try:
             for rule in plan.before:
-                fingerprints = self.storage.download_rule(rule)
+                fingerprints = self.storage.download_rule(rule, cancel)
                 known.setdefault(_destination(rule), {}).update(fingerprints)
             # Directories the job writes into exist before it starts.
             for rule in plan.during + plan.after:
                 rule.local_dir.mkdir(parents=True, exist_ok=True)
             result.set_result(known)
-        except TransferFailed as error:
+        except (TransferFailed, DownloadCanceled) as error:
             result.set_exception(error)
         except Exception as error:  # noqa: BLE001 - any download problem fails the attempt
             log.exception("download failed")
@@ -323,23 +338,32 @@ class Worker:
                 if _destination(syncer.rule) == _destination(rule):
                     already = syncer.known
             rels = []
-            for path in iter_files(rule.local_dir):
+            problems: dict = {}
+            for path in iter_files(rule.local_dir, problems):
                 rel = rule.rel_for_path(path)
                 if rule.matches(rel) and already.get(rel) != Fingerprint.of(path):
                     rels.append(rel)
+            for path, why in problems.items():
+                if rule.matches(rule.rel_for_path(path)):
+                    log.error("cannot upload a file", extra={"file": str(path), "reason": why})
+                    failed.append(f"{path} ({why})")
             failed += [f"{rule.local_dir}/{rel}" for rel in self.storage.upload_files(rule, rels)]
             log.info("uploaded outputs", extra={"bucket": rule.bucket, "prefix": rule.prefix,
                                                 "files": len(rels)})
         return failed
 
-    def _shut_down_with_child(self, child: ChildProcess, syncers: list[DirectorySync]) -> None:
+    def _shut_down_with_child(self, child: ChildProcess, syncers: list[DirectorySync],
+                              writers: Writers) -> None:
         """The node is going away: pass the signal on, let the child write its last checkpoint,
-        upload what it wrote, all within KELPIE_SHUTDOWN_GRACE_S; report nothing."""
+        upload what it wrote, all within KELPIE_SHUTDOWN_GRACE_S; report nothing. The same
+        order holds as while running: deletions only after the uploads before them, and what
+        a child killed mid-write left behind is skipped (agent.writers)."""
         deadline = time.monotonic() + self.config.shutdown_grace
         signum = self.shutdown_signal or signal.SIGTERM
         log.info("shutting down: forwarding the signal to the command",
                  extra={"signal": signal.Signals(signum).name})
         self.state.update(status="stopping")
+        writers.note_signal(signum)
         child.signal_group(signum)
         # Keep most of the grace for the child, but leave some for the last uploads.
         child_budget = max(0.0, (deadline - time.monotonic()) * 0.7)

@@ -3,11 +3,12 @@
 import gzip
 import os
 import re
+import threading
 
 import pytest
 
 from agent.paths import SyncRule
-from agent.storage import Fingerprint, GzipReader, Storage, TransferFailed
+from agent.storage import DownloadCanceled, Fingerprint, GzipReader, Storage, TransferFailed
 
 
 def test_gzip_reader_streams_a_gzip_file(tmp_path):
@@ -173,3 +174,109 @@ def test_large_transfers_log_progress(storage, bucket, tmp_path, monkeypatch, ca
         assert lines, kind
         assert lines[-1].bytes_total == 11 * 1024 * 1024 and lines[-1].bytes_done > 0
         assert lines[-1].rate_mb_s is not None
+
+
+@pytest.fixture(params=["lean", "botocore"])
+def serial_storage(request, make_config, seaweed):
+    """One part at a time, so a test can act between two ranged GETs of one file."""
+    store = Storage(make_config(seaweed, KELPIE_MULTIPART_THRESHOLD_MB=5,
+                                KELPIE_MULTIPART_CHUNK_MB=5, KELPIE_PART_CONCURRENCY=1,
+                                KELPIE_FAST_SMALL_TRANSFERS=request.param == "lean"))
+    yield store
+    store.close()
+
+
+def test_overwrite_during_a_ranged_download_restarts_the_file(serial_storage, bucket, tmp_path,
+                                                              caplog):
+    """Every range is pinned to one ETag: an object replaced after the first part arrived
+    must not produce a file of old and new bytes; the file is restarted on the new version."""
+    storage = serial_storage
+    old, new = b"o" * (20 * 1024 * 1024), b"n" * (20 * 1024 * 1024)
+    storage.client.put_object(Bucket=bucket, Key="pin/model.bin", Body=old)
+    real_get_range = storage._get_range
+    overwritten = threading.Event()
+
+    def get_range_then_overwrite(*args, **kwargs):
+        real_get_range(*args, **kwargs)
+        if not overwritten.is_set():
+            overwritten.set()  # the first part is in: now the object changes under us
+            storage.client.put_object(Bucket=bucket, Key="pin/model.bin", Body=new)
+
+    storage._get_range = get_range_then_overwrite
+    storage.download_rule(SyncRule(bucket, "pin/", tmp_path / "down"))
+    assert overwritten.is_set()
+    assert (tmp_path / "down" / "model.bin").read_bytes() == new
+    assert "object changed during its download; restarting it" in caplog.text
+
+
+def test_a_canceled_download_stops_and_leaves_nothing(serial_storage, bucket, tmp_path):
+    """A job lost during its download: the transfer stops at the next part and leaves no file
+    behind, so cleaning the directory afterwards is final."""
+    storage = serial_storage
+    storage.client.put_object(Bucket=bucket, Key="cx/big.bin", Body=os.urandom(30 * 1024 * 1024))
+    cancel = threading.Event()
+    opened = []
+    real_open = storage._open
+
+    def open_then_cancel(*args, **kwargs):
+        opened.append(args)
+        answer = real_open(*args, **kwargs)
+        cancel.set()  # the job is lost while the first part streams in
+        return answer
+
+    storage._open = open_then_cancel
+    with pytest.raises(DownloadCanceled):
+        storage.download_rule(SyncRule(bucket, "cx/", tmp_path / "down"), cancel)
+    assert list((tmp_path / "down").iterdir()) == []
+    assert len(opened) == 1  # no part after the cancel was even asked for
+
+
+@pytest.mark.parametrize("size_mib", [1, 8, 12])  # lean PUT, streamed PUT, multipart
+def test_a_file_rewritten_during_its_upload_never_replaces_the_object(storage, bucket, tmp_path,
+                                                                      size_mib, monkeypatch):
+    """An in-place save that starts while the previous version is still going up: the upload
+    must stop with FileChanged before the object is replaced, never send a mix."""
+    size = size_mib * 1024 * 1024
+    source = tmp_path / "up"
+    source.mkdir()
+    path = source / "last.pt"
+    path.write_bytes(b"g" * size)
+    rule = SyncRule(bucket, "rw/", source)
+    assert storage.upload_files(rule, ["last.pt"]) == []
+    path.write_bytes(b"h" * size)  # the version this upload starts to read
+    real_open = open
+
+    class RewrittenWhileRead:
+        """The file as the upload reads it; its first read lets the program start its next
+        in-place save (after the upload took the file's size and times)."""
+
+        def __init__(self, handle):
+            self.handle, self.name, self.rewritten = handle, handle.name, False
+
+        def read(self, size=-1):
+            if not self.rewritten:
+                self.rewritten = True
+                with real_open(path, "r+b") as writer:
+                    writer.write(b"x" * (size_mib * 1024 * 1024 // 2))
+            return self.handle.read(size)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def open_then_rewrite(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return RewrittenWhileRead(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr("agent.storage.open", open_then_rewrite, raising=False)
+    changed: set[str] = set()
+    failed = storage.upload_files(rule, ["last.pt"], changed=changed)
+    monkeypatch.undo()
+    assert failed == [] and changed == {"last.pt"}
+    body = storage.client.get_object(Bucket=bucket, Key="rw/last.pt")["Body"].read()
+    assert body == b"g" * size  # the good object stayed

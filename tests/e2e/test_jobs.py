@@ -99,7 +99,9 @@ def test_pattern_selects_files(jobs, agents, s3, bucket):
 
     jobs.wait_status(job["id"], "completed", timeout=60, agents=[agent])
 
+    # sub/ is a checkpoint directory: its commit marker sits beside it (agent.commits).
     assert object_keys(s3, bucket, "pat/ckpt/") == ["pat/ckpt/model.ckpt",
+                                                     "pat/ckpt/sub/.kelpie-commit.json",
                                                      "pat/ckpt/sub/deep.ckpt"]
     assert read_object(s3, bucket, "pat/out/seen.txt") == b"keep.csv"
 
