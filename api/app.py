@@ -6,7 +6,7 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from agent.version import __version__
-from api import autoscale, config, db, metrics, salad, salad_auth, schemas, users
+from api import autoscale, config, db, lease, metrics, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
@@ -54,6 +54,7 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
 
     db.init(settings)
     salad.configure(settings)
+    lease.configure(settings.lease_grace_s)
 
     docs.configure(app)  # Swagger UI's files from this server, not a CDN
     Extend(app)

@@ -58,6 +58,13 @@ class Settings:
     # Limits on job fields, so one job cannot hold the queue hostage.
     default_max_failures: int = 3
     default_heartbeat_interval: int = 30
+    # Lost leases a job survives before it ends `failed` ("too many interruptions"). Generous:
+    # interruptions are the normal life of a job on interruptible nodes; this only stops a job
+    # that kills every node it lands on from being handed around for ever.
+    default_max_interruptions: int = 100
+    # Slack on every lease: lease = max(2 × heartbeat_interval, heartbeat_interval + this)
+    # (api/lease.py).
+    lease_grace_s: int = 15
     max_page_size: int = 1000
     max_batch_size: int = 1000
     # Bans after which a machine is reallocated through Salad's API.
@@ -136,6 +143,8 @@ def load() -> Settings:
         auth_failure_rate=_float("KELPIE_AUTH_FAILURE_RATE", 1.0),
         default_max_failures=_int("KELPIE_DEFAULT_MAX_FAILURES", 3),
         default_heartbeat_interval=_int("KELPIE_DEFAULT_HEARTBEAT_INTERVAL_S", 30),
+        default_max_interruptions=_int("KELPIE_DEFAULT_MAX_INTERRUPTIONS", 100),
+        lease_grace_s=_int("KELPIE_LEASE_GRACE_S", 15),
         max_page_size=_int("KELPIE_MAX_PAGE_SIZE", 1000),
         max_failures_per_worker=_int("MAX_FAILURES_PER_WORKER", 5),
         salad_api_url=os.environ.get("KELPIE_SALAD_API_URL") or "https://api.salad.com/api/public",

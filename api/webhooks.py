@@ -50,9 +50,10 @@ DELIVERY_HEADER = "X-Kelpie-Delivery"
 
 # --- The outbox -------------------------------------------------------------------------------
 
-def enqueue(job, status: str, at: datetime) -> None:
-    """Store the notification that `job` is now `status`. Call it inside the transaction that
-    made the change; a job without a webhook needs none."""
+def enqueue(job, status: str, at: datetime, reason: str | None = None) -> None:
+    """Store the notification that `job` is now `status` (`reason`: why, for a failure). Call it
+    inside the transaction that made the change, with the job as that change left it; a job
+    without a webhook needs none."""
     if not job.webhook:
         return
     body = {
@@ -62,6 +63,9 @@ def enqueue(job, status: str, at: datetime) -> None:
         "container_group_id": job.container_group_id,
         "attempt": job.num_attempts,
         "timestamp": timestamp(at),
+        "num_failures": job.num_failures,
+        "num_interruptions": job.num_interruptions,
+        "reason": reason,
     }
     WebhookDelivery.insert(
         job_id=job.id, user_id=job.user_id, url=job.webhook, job_status=status,
