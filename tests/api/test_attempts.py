@@ -174,6 +174,7 @@ def test_timeout_not_reached_is_an_interruption(api, user_key):
     claim(api, user_key, "m1", "not-slow")
     again = wait_until(lambda: claim(api, user_key, "m2", "not-slow"), timeout=15,
                        interval=0.1)
+    assert again["id"] == job["id"]
     assert again["num_failures"] == 0 and again["num_interruptions"] == 1
 
 
