@@ -234,6 +234,24 @@ class MachineReallocation(BaseModel):
         primary_key = CompositeKey("user_id", "container_group_id", "machine_id")
 
 
+class IdempotencyKey(BaseModel):
+    """The first answer to a tenant's Idempotency-Key on a submission (api/idempotency.py)."""
+
+    user_id = TextField()
+    # The Salad project the key was used under ("" for Kelpie keys): projects of one
+    # organization share a user, and must not see each other's answers.
+    project = TextField()
+    idempotency_key = TextField()
+    request_hash = TextField()
+    status = IntegerField()
+    body = TextField()
+    created = DateTimeField()
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = CompositeKey("user_id", "project", "idempotency_key")
+
+
 class SchemaMigration(BaseModel):
     version = IntegerField(primary_key=True)
     name = TextField()
