@@ -9,14 +9,17 @@ never blocks on the database and a thread never waits for a connection.
 import asyncio
 import contextlib
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlparse
 
-from peewee import DatabaseProxy
+from peewee import DatabaseProxy, InterfaceError, OperationalError
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from api.config import Settings
+
+log = logging.getLogger("kelpie.db")
 
 database = DatabaseProxy()
 _executor: ThreadPoolExecutor | None = None
@@ -82,8 +85,30 @@ def dialect() -> str:
 
 
 def _with_connection(func, *args, **kwargs):
+    """Run `func` on a pooled connection. When PostgreSQL dropped the connection (a restart,
+    a failover, pg_terminate_backend), the pool's idle connections are dead too: they are all
+    discarded and `func` runs once more on a fresh one, so the caller never sees the drop.
+    Retrying is safe: the failed call's transaction was never committed."""
+    with database.connection_context():
+        try:
+            return func(*args, **kwargs)
+        except (OperationalError, InterfaceError) as error:
+            if not _connection_lost():
+                raise
+            log.warning("database connection lost (%s); retrying on a new connection",
+                        (str(error).strip().splitlines() or [type(error).__name__])[0])
+    database.close_idle()
     with database.connection_context():
         return func(*args, **kwargs)
+
+
+def _connection_lost() -> bool:
+    """Whether the connection this thread just used is closed (psycopg2 marks a connection
+    closed once the server has dropped it). SQLite connections are never lost this way."""
+    if not is_postgres():
+        return False
+    connection = database.obj._state.conn
+    return connection is not None and connection.closed != 0
 
 
 async def run(func, *args, **kwargs):
