@@ -88,6 +88,9 @@ class Settings:
     # How often each API process looks for due deliveries, and how many it sends at once.
     webhook_poll_interval: float = 1.0
     webhook_concurrency: int = 8
+    # Of those, how many may go to one destination (scheme, host and port) at once, so a slow or
+    # dead receiver holds only its share of the senders. 0: a quarter of webhook_concurrency.
+    webhook_per_destination: int = 0
     # Multi-tenant deployments: refuse loopback and private destinations too (link-local and
     # cloud metadata addresses are always refused).
     webhook_deny_private: bool = False
@@ -160,6 +163,7 @@ def load() -> Settings:
         webhook_give_up=_float("KELPIE_WEBHOOK_GIVE_UP_S", 24 * 3600.0),
         webhook_poll_interval=_float("KELPIE_WEBHOOK_POLL_S", 1.0),
         webhook_concurrency=_int("KELPIE_WEBHOOK_CONCURRENCY", 8),
+        webhook_per_destination=_int("KELPIE_WEBHOOK_PER_DESTINATION", 0),
         webhook_deny_private=_bool("KELPIE_WEBHOOK_DENY_PRIVATE", False),
         metrics_public=_bool("KELPIE_METRICS_PUBLIC", False),
         webhook_allowed_hosts=tuple(

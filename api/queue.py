@@ -172,11 +172,13 @@ def _timed_out(job: Job, now) -> bool:
 def _interrupt(job: Job, machine_id: str, now) -> bool:
     """Count the holder's lost lease. False when that was one too many: the job is failed."""
     count = job.num_interruptions + 1
+    allowed = count <= job.max_interruptions
     _event(job.id, "heartbeat_lost", RUNNING, actor=SYSTEM_ACTOR, machine_id=job.machine_id,
            attempt=job.num_attempts, at=now,
-           reason=f"no heartbeat from {job.machine_id}; interruption {count} of "
-                  f"max_interruptions={job.max_interruptions}")
-    if count <= job.max_interruptions:
+           reason=f"no heartbeat from {job.machine_id}; "
+                  + (f"handed to {machine_id}; " if allowed else "")
+                  + f"interruption {count} of max_interruptions={job.max_interruptions}")
+    if allowed:
         Job.update(num_interruptions=count).where(Job.id == job.id).execute()
         return True
     Job.update(status=FAILED, failed=now, num_interruptions=count, lease_expires=None).where(
