@@ -23,6 +23,11 @@ log = logging.getLogger("kelpie.db")
 
 database = DatabaseProxy()
 _executor: ThreadPoolExecutor | None = None
+# The worker protocol's own lane (claim, heartbeat, reports): a tenant listing thousands of
+# jobs in a loop fills the main pool, and a heartbeat queued behind those reads once cost a
+# live holder its job.
+_protocol_executor: ThreadPoolExecutor | None = None
+PROTOCOL_LANE_SIZE = 2
 
 
 def make_database(settings: Settings):
@@ -35,7 +40,7 @@ def make_database(settings: Settings):
             port=url.port or 5432,
             user=unquote(url.username) if url.username else None,
             password=unquote(url.password) if url.password else None,
-            max_connections=settings.db_pool_size + 2,
+            max_connections=settings.db_pool_size + PROTOCOL_LANE_SIZE + 2,
             stale_timeout=300,
             # Dead connections (a PostgreSQL restart) are noticed on checkout and replaced.
             autoconnect=True,
@@ -45,7 +50,7 @@ def make_database(settings: Settings):
     path = settings.database_url[len("sqlite:///"):] or "kelpie.db"
     return PooledSqliteDatabase(
         path,
-        max_connections=settings.db_pool_size + 2,
+        max_connections=settings.db_pool_size + PROTOCOL_LANE_SIZE + 2,
         stale_timeout=300,
         check_same_thread=False,
         pragmas={
@@ -61,17 +66,23 @@ def make_database(settings: Settings):
 
 def init(settings: Settings) -> None:
     """Bind the models to the configured database and start the database thread pool."""
-    global _executor
+    global _executor, _protocol_executor
     database.initialize(make_database(settings))
     if _executor is None:
         _executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
+    if _protocol_executor is None:
+        _protocol_executor = ThreadPoolExecutor(PROTOCOL_LANE_SIZE,
+                                                thread_name_prefix="db-protocol")
 
 
 def close() -> None:
-    global _executor
+    global _executor, _protocol_executor
     if _executor is not None:
         _executor.shutdown(wait=True)
         _executor = None
+    if _protocol_executor is not None:
+        _protocol_executor.shutdown(wait=True)
+        _protocol_executor = None
     if database.obj is not None:
         database.close_all()
 
@@ -116,6 +127,13 @@ async def run(func, *args, **kwargs):
     loop = asyncio.get_running_loop()
     call = functools.partial(_with_connection, func, *args, **kwargs)
     return await loop.run_in_executor(_executor, call)
+
+
+async def run_protocol(func, *args, **kwargs):
+    """`run()` on the worker protocol's own lane: never queued behind users' reads."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(_with_connection, func, *args, **kwargs)
+    return await loop.run_in_executor(_protocol_executor, call)
 
 
 # --- The places where the two dialects differ -------------------------------------------------

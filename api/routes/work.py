@@ -55,7 +55,7 @@ async def get_work(request: Request):
     if await reallocation.on_work_request(request.app, request.ctx.principal, machine_id,
                                           container_group_id):
         return json([])
-    job = await db.run(queue.claim, request.ctx.principal, machine_id, container_group_id)
+    job = await db.run_protocol(queue.claim, request.ctx.principal, machine_id, container_group_id)
     if job is not None:
         metrics.CLAIMS.inc()
     return json([] if job is None else [serialize.job(job)])
@@ -70,7 +70,7 @@ async def heartbeat(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
-    status = await db.run(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
+    status = await db.run_protocol(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
     if status == queue.RUNNING:
         metrics.HEARTBEATS.inc()
     return json({"status": status})
@@ -93,7 +93,7 @@ async def completed(request: Request, job_id):
     if exit_code is not None and (exit_code != 0 or isinstance(exit_code, bool)):
         raise ValidationError("exit_code", "must be 0 for a completed job (report a failure "
                               "with POST /jobs/:id/failed)")
-    job, recorded = await db.run(queue.complete, request.ctx.principal, str(job_id), machine_id)
+    job, recorded = await db.run_protocol(queue.complete, request.ctx.principal, str(job_id), machine_id)
     return json(_answer(job, recorded, "Job completed"))
 
 
@@ -119,7 +119,7 @@ async def failed(request: Request, job_id):
         kind = "job"
     if kind not in queue.FAILURE_KINDS:
         raise ValidationError("kind", f"must be one of {', '.join(queue.FAILURE_KINDS)}")
-    job, recorded = await db.run(queue.fail, request.ctx.principal, str(job_id), machine_id,
+    job, recorded = await db.run_protocol(queue.fail, request.ctx.principal, str(job_id), machine_id,
                                  exit_code=exit_code, reason=(reason or None) and reason[:2000],
                                  kind=kind)
     if recorded:
