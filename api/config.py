@@ -65,6 +65,10 @@ class Settings:
     # Slack on every lease: lease = max(2 × heartbeat_interval, heartbeat_interval + this)
     # (api/lease.py).
     lease_grace_s: int = 15
+    # Days to keep finished jobs' events and settled webhook deliveries (None: for ever), and
+    # seconds between retention passes (api/retention.py).
+    retention_days: float | None = None
+    retention_interval: float = 3600.0
     max_page_size: int = 1000
     max_batch_size: int = 1000
     # Bans after which a machine is reallocated through Salad's API.
@@ -148,6 +152,8 @@ def load() -> Settings:
         default_heartbeat_interval=_int("KELPIE_DEFAULT_HEARTBEAT_INTERVAL_S", 30),
         default_max_interruptions=_int("KELPIE_DEFAULT_MAX_INTERRUPTIONS", 100),
         lease_grace_s=_int("KELPIE_LEASE_GRACE_S", 15),
+        retention_days=_float("KELPIE_RETENTION_DAYS", 0.0) or None,
+        retention_interval=_float("KELPIE_RETENTION_INTERVAL_S", 3600.0),
         max_page_size=_int("KELPIE_MAX_PAGE_SIZE", 1000),
         max_failures_per_worker=_int("MAX_FAILURES_PER_WORKER", 5),
         salad_api_url=os.environ.get("KELPIE_SALAD_API_URL") or "https://api.salad.com/api/public",
