@@ -6,11 +6,12 @@ from sanic import Sanic
 from sanic_ext import Extend
 
 from agent.version import __version__
-from api import autoscale, config, db, metrics, salad, salad_auth, schemas, users
+from api import autoscale, config, db, lease, metrics, salad, salad_auth, schemas, users
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
 from api.ratelimit import FailureLimiter
+from api.retention import retention_loop
 from api.routes import docs, fleet, health, jobs, scaling_rules, ui, work
 from api.routes import metrics as metrics_routes
 from api.routes import users as user_routes
@@ -23,6 +24,7 @@ log = logging.getLogger("kelpie.api")
 # must be safe to run in several processes at once (advisory lock or SKIP LOCKED claims).
 BACKGROUND_LOOPS: list = [autoscale.autoscaler]
 BACKGROUND_LOOPS.append(webhook_sender)  # status webhooks: the outbox sender
+BACKGROUND_LOOPS.append(retention_loop)  # old history, settled webhooks, idempotency answers
 
 
 def prepare_database(settings: config.Settings) -> None:
@@ -54,6 +56,7 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
 
     db.init(settings)
     salad.configure(settings)
+    lease.configure(settings.lease_grace_s)
 
     docs.configure(app)  # Swagger UI's files from this server, not a CDN
     Extend(app)

@@ -58,6 +58,17 @@ class Settings:
     # Limits on job fields, so one job cannot hold the queue hostage.
     default_max_failures: int = 3
     default_heartbeat_interval: int = 30
+    # Lost leases a job survives before it ends `failed` ("too many interruptions"). Generous:
+    # interruptions are the normal life of a job on interruptible nodes; this only stops a job
+    # that kills every node it lands on from being handed around for ever.
+    default_max_interruptions: int = 100
+    # Slack on every lease: lease = max(2 × heartbeat_interval, heartbeat_interval + this)
+    # (api/lease.py).
+    lease_grace_s: int = 15
+    # Days to keep finished jobs' events and settled webhook deliveries (None: for ever), and
+    # seconds between retention passes (api/retention.py).
+    retention_days: float | None = None
+    retention_interval: float = 3600.0
     max_page_size: int = 1000
     max_batch_size: int = 1000
     # Bans after which a machine is reallocated through Salad's API.
@@ -81,6 +92,9 @@ class Settings:
     # How often each API process looks for due deliveries, and how many it sends at once.
     webhook_poll_interval: float = 1.0
     webhook_concurrency: int = 8
+    # Of those, how many may go to one destination (scheme, host and port) at once, so a slow or
+    # dead receiver holds only its share of the senders. 0: a quarter of webhook_concurrency.
+    webhook_per_destination: int = 0
     # Multi-tenant deployments: refuse loopback and private destinations too (link-local and
     # cloud metadata addresses are always refused).
     webhook_deny_private: bool = False
@@ -136,6 +150,10 @@ def load() -> Settings:
         auth_failure_rate=_float("KELPIE_AUTH_FAILURE_RATE", 1.0),
         default_max_failures=_int("KELPIE_DEFAULT_MAX_FAILURES", 3),
         default_heartbeat_interval=_int("KELPIE_DEFAULT_HEARTBEAT_INTERVAL_S", 30),
+        default_max_interruptions=_int("KELPIE_DEFAULT_MAX_INTERRUPTIONS", 100),
+        lease_grace_s=_int("KELPIE_LEASE_GRACE_S", 15),
+        retention_days=_float("KELPIE_RETENTION_DAYS", 0.0) or None,
+        retention_interval=_float("KELPIE_RETENTION_INTERVAL_S", 3600.0),
         max_page_size=_int("KELPIE_MAX_PAGE_SIZE", 1000),
         max_failures_per_worker=_int("MAX_FAILURES_PER_WORKER", 5),
         salad_api_url=os.environ.get("KELPIE_SALAD_API_URL") or "https://api.salad.com/api/public",
@@ -151,6 +169,7 @@ def load() -> Settings:
         webhook_give_up=_float("KELPIE_WEBHOOK_GIVE_UP_S", 24 * 3600.0),
         webhook_poll_interval=_float("KELPIE_WEBHOOK_POLL_S", 1.0),
         webhook_concurrency=_int("KELPIE_WEBHOOK_CONCURRENCY", 8),
+        webhook_per_destination=_int("KELPIE_WEBHOOK_PER_DESTINATION", 0),
         webhook_deny_private=_bool("KELPIE_WEBHOOK_DENY_PRIVATE", False),
         metrics_public=_bool("KELPIE_METRICS_PUBLIC", False),
         webhook_allowed_hosts=tuple(

@@ -9,17 +9,25 @@ never blocks on the database and a thread never waits for a connection.
 import asyncio
 import contextlib
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlparse
 
-from peewee import DatabaseProxy
+from peewee import DatabaseProxy, InterfaceError, OperationalError
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from api.config import Settings
 
+log = logging.getLogger("kelpie.db")
+
 database = DatabaseProxy()
 _executor: ThreadPoolExecutor | None = None
+# The worker protocol's own lane (claim, heartbeat, reports): a tenant listing thousands of
+# jobs in a loop fills the main pool, and a heartbeat queued behind those reads once cost a
+# live holder its job.
+_protocol_executor: ThreadPoolExecutor | None = None
+PROTOCOL_LANE_SIZE = 2
 
 
 def make_database(settings: Settings):
@@ -32,7 +40,7 @@ def make_database(settings: Settings):
             port=url.port or 5432,
             user=unquote(url.username) if url.username else None,
             password=unquote(url.password) if url.password else None,
-            max_connections=settings.db_pool_size + 2,
+            max_connections=settings.db_pool_size + PROTOCOL_LANE_SIZE + 2,
             stale_timeout=300,
             # Dead connections (a PostgreSQL restart) are noticed on checkout and replaced.
             autoconnect=True,
@@ -42,7 +50,7 @@ def make_database(settings: Settings):
     path = settings.database_url[len("sqlite:///"):] or "kelpie.db"
     return PooledSqliteDatabase(
         path,
-        max_connections=settings.db_pool_size + 2,
+        max_connections=settings.db_pool_size + PROTOCOL_LANE_SIZE + 2,
         stale_timeout=300,
         check_same_thread=False,
         pragmas={
@@ -58,17 +66,23 @@ def make_database(settings: Settings):
 
 def init(settings: Settings) -> None:
     """Bind the models to the configured database and start the database thread pool."""
-    global _executor
+    global _executor, _protocol_executor
     database.initialize(make_database(settings))
     if _executor is None:
         _executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
+    if _protocol_executor is None:
+        _protocol_executor = ThreadPoolExecutor(PROTOCOL_LANE_SIZE,
+                                                thread_name_prefix="db-protocol")
 
 
 def close() -> None:
-    global _executor
+    global _executor, _protocol_executor
     if _executor is not None:
         _executor.shutdown(wait=True)
         _executor = None
+    if _protocol_executor is not None:
+        _protocol_executor.shutdown(wait=True)
+        _protocol_executor = None
     if database.obj is not None:
         database.close_all()
 
@@ -82,8 +96,30 @@ def dialect() -> str:
 
 
 def _with_connection(func, *args, **kwargs):
+    """Run `func` on a pooled connection. When PostgreSQL dropped the connection (a restart,
+    a failover, pg_terminate_backend), the pool's idle connections are dead too: they are all
+    discarded and `func` runs once more on a fresh one, so the caller never sees the drop.
+    Retrying is safe: the failed call's transaction was never committed."""
+    with database.connection_context():
+        try:
+            return func(*args, **kwargs)
+        except (OperationalError, InterfaceError) as error:
+            if not _connection_lost():
+                raise
+            log.warning("database connection lost (%s); retrying on a new connection",
+                        (str(error).strip().splitlines() or [type(error).__name__])[0])
+    database.close_idle()
     with database.connection_context():
         return func(*args, **kwargs)
+
+
+def _connection_lost() -> bool:
+    """Whether the connection this thread just used is closed (psycopg2 marks a connection
+    closed once the server has dropped it). SQLite connections are never lost this way."""
+    if not is_postgres():
+        return False
+    connection = database.obj._state.conn
+    return connection is not None and connection.closed != 0
 
 
 async def run(func, *args, **kwargs):
@@ -91,6 +127,13 @@ async def run(func, *args, **kwargs):
     loop = asyncio.get_running_loop()
     call = functools.partial(_with_connection, func, *args, **kwargs)
     return await loop.run_in_executor(_executor, call)
+
+
+async def run_protocol(func, *args, **kwargs):
+    """`run()` on the worker protocol's own lane: never queued behind users' reads."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(_with_connection, func, *args, **kwargs)
+    return await loop.run_in_executor(_protocol_executor, call)
 
 
 # --- The places where the two dialects differ -------------------------------------------------

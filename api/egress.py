@@ -16,6 +16,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -150,17 +151,72 @@ def check_url(url: str, *, deny_private: bool = False, allowed_hosts=()):
     return parts, host, port
 
 
+class Cutoff:
+    """Ends one blocking exchange at its total deadline, or sooner when `fire()` is called (the
+    server is shutting down): it shuts the socket down, so a read or write in progress returns
+    at once. A socket timeout alone bounds each read, and a receiver that trickles a byte at a
+    time would stretch the exchange without end."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.fired = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shut()
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.0,
          deny_private: bool = False, allowed_hosts=(),
-         ssl_context: ssl.SSLContext | None = None) -> Response:
+         ssl_context: ssl.SSLContext | None = None, cutoff: Cutoff | None = None) -> Response:
     """POST `body` to `url` and return the status and the first KiB of the answer.
 
     `allowed_hosts`, when not empty, is the only host names the URL may name (checked before
     the name is even resolved).
 
+    `timeout` is the total for the whole exchange, however the receiver paces its bytes;
+    `cutoff` lets the caller end it sooner.
+
     Raises Refused (destination not allowed: nothing was sent) or OSError / http.client
     errors (network trouble: worth retrying). Blocking: call it from a thread.
     """
+    cutoff = cutoff or Cutoff()
+    timer = threading.Timer(timeout, cutoff.fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        response = _post(url, body, headers, timeout, deny_private, allowed_hosts, ssl_context,
+                         cutoff)
+    except (OSError, http.client.HTTPException):
+        if cutoff.fired:
+            raise TimeoutError(f"no complete answer within {timeout:g} s") from None
+        raise
+    finally:
+        timer.cancel()
+    # A socket shut mid-answer can read as a short but well-formed one (headers cut at EOF):
+    # once the cutoff fired, nothing that was read counts.
+    if cutoff.fired:
+        raise TimeoutError(f"no complete answer within {timeout:g} s")
+    return response
+
+
+def _post(url, body, headers, timeout, deny_private, allowed_hosts, ssl_context,
+          cutoff: Cutoff) -> Response:
     parts, host, port = check_url(url, deny_private=deny_private, allowed_hosts=allowed_hosts)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
@@ -173,7 +229,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.
     last_error: Exception | None = None
     for address in addresses:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or cutoff.fired:
             break
         if parts.scheme == "https":
             context = ssl_context or ssl.create_default_context()
@@ -189,6 +245,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 10.
             # Kept: with "Connection: close" the response takes the socket over from the
             # connection, and the read below still has to keep to the deadline.
             sock = connection.sock
+            cutoff.watch(sock)
             sock.settimeout(_remaining(deadline))
             connection.request("POST", target, body=body, headers=request_headers)
             response = connection.getresponse()

@@ -27,7 +27,8 @@ SYNC_DIRECTIONS = {"before": "download", "during": "upload", "after": "upload"}
 SYNC_ENTRY_FIELDS = {"bucket", "prefix", "local_path", "direction", "pattern"}
 JOB_FIELDS = {
     "command", "arguments", "environment", "sync", "webhook", "container_group_id",
-    "max_failures", "heartbeat_interval", "compression", *LEGACY_FIELDS,
+    "max_failures", "heartbeat_interval", "compression", "max_interruptions", "timeout_s",
+    *LEGACY_FIELDS,
 }
 MAX_COMMAND_PARTS = 1000
 MAX_COMMAND_LENGTH = 4096
@@ -35,6 +36,8 @@ MAX_ID_LENGTH = 255  # container_group_id
 MAX_SYNC_ENTRIES = 100
 MAX_FAILURES_LIMIT = 1000
 MAX_HEARTBEAT_INTERVAL = 86400
+MAX_INTERRUPTIONS_LIMIT = 1_000_000
+MAX_TIMEOUT_S = 366 * 86400  # a year: jobs run for weeks, never for ever by accident
 
 
 def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int:
@@ -180,6 +183,11 @@ def parse_job(body, settings: Settings) -> dict:
         "heartbeat_interval": _integer(body.get("heartbeat_interval"), "heartbeat_interval",
                                        settings.default_heartbeat_interval, 1,
                                        MAX_HEARTBEAT_INTERVAL),
+        "max_interruptions": _integer(body.get("max_interruptions"), "max_interruptions",
+                                      settings.default_max_interruptions, 0,
+                                      MAX_INTERRUPTIONS_LIMIT),
+        # null (or absent): no limit on how long one attempt may run.
+        "timeout_s": _integer(body.get("timeout_s"), "timeout_s", None, 1, MAX_TIMEOUT_S),
         "compression": compression,
         "sync": None,
         **{name: None for name in LEGACY_FIELDS},

@@ -35,6 +35,8 @@ from api.models import Job, WebhookDelivery
 CLAIMS = Counter("kelpie_claims", "Jobs handed to a machine by GET /work")
 HEARTBEATS = Counter("kelpie_heartbeats", "Heartbeats accepted from the machine holding the job")
 FAILURES = Counter("kelpie_attempt_failures", "Failed attempts reported by workers")
+NODE_FAILURES = Counter("kelpie_node_failures",
+                        "Attempts a worker reported as its node's failure (not charged to the job)")
 INTERRUPTIONS = Counter("kelpie_interruptions",
                         "Running jobs handed to another machine after their heartbeats stopped")
 AUTOSCALER_CALLS = Counter("kelpie_autoscaler_evaluations",

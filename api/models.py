@@ -83,12 +83,17 @@ class Job(BaseModel):
     canceled = DateTimeField(null=True)
     failed = DateTimeField(null=True)
     heartbeat = DateTimeField(null=True)
-    # After this moment a running job may be handed to another machine (2 × heartbeat_interval
-    # after the last heartbeat). Kept as a column so the claim query can use an index.
+    # After this moment a running job may be handed to another machine (the lease of
+    # api/lease.py after the last heartbeat). Kept as a column so the claim query can use an index.
     lease_expires = DateTimeField(null=True)
     num_failures = IntegerField(default=0)
     num_heartbeats = IntegerField(default=0)
     num_attempts = IntegerField(default=0)
+    # Lost leases: counted when a claim takes the job over; past max_interruptions it fails.
+    num_interruptions = IntegerField(default=0)
+    max_interruptions = IntegerField(default=100)
+    # Wall-clock limit of one attempt in seconds (None: no limit).
+    timeout_s = IntegerField(null=True)
     machine_id = TextField(null=True)
     container_group_id = TextField(null=True)
     command = TextField()
@@ -227,6 +232,24 @@ class MachineReallocation(BaseModel):
     class Meta:
         table_name = "machine_reallocations"
         primary_key = CompositeKey("user_id", "container_group_id", "machine_id")
+
+
+class IdempotencyKey(BaseModel):
+    """The first answer to a tenant's Idempotency-Key on a submission (api/idempotency.py)."""
+
+    user_id = TextField()
+    # The Salad project the key was used under ("" for Kelpie keys): projects of one
+    # organization share a user, and must not see each other's answers.
+    project = TextField()
+    idempotency_key = TextField()
+    request_hash = TextField()
+    status = IntegerField()
+    body = TextField()
+    created = DateTimeField()
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = CompositeKey("user_id", "project", "idempotency_key")
 
 
 class SchemaMigration(BaseModel):

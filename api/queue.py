@@ -9,7 +9,7 @@ synchronous and run on the database thread pool (see `api.db.run`).
 import uuid
 from datetime import timedelta
 
-from api import db, keys, metrics, sql, webhooks
+from api import db, keys, lease, metrics, sql, webhooks
 from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
@@ -116,34 +116,90 @@ def events(principal: Principal, job_id: str) -> list[JobEvent]:
 
 # --- The worker protocol ----------------------------------------------------------------------
 
+# A claim that finds stale jobs which must end instead of being handed on (too many
+# interruptions, timed out) looks again; this bounds the work one poll can do.
+MAX_RECLAIMS_PER_CLAIM = 20
+
+TOO_MANY_INTERRUPTIONS = "too many interruptions"
+TIMED_OUT = "timed out"
+
+FAILURE_KINDS = ("job", "node")
+
+
 def claim(principal: Principal, machine_id: str, container_group_id: str | None) -> Job | None:
-    """Assign the next job to `machine_id`: the oldest running job whose heartbeats stopped,
-    else the oldest pending one, never one this machine is banned from."""
+    """Assign the next job to `machine_id`: the oldest running job whose lease ran out, else
+    the oldest pending one, never one this machine is banned from.
+
+    Taking over a lost lease counts an interruption; a job past its `max_interruptions`, or whose
+    attempt has run past `timeout_s` (plus a lease), is ended or requeued here instead and the
+    claim looks again.
+    """
     now = db.utcnow()
+    interruptions = 0
+    job = None
     with db.write_transaction():
-        row = db.database.execute_sql(*sql.claim_candidate(
-            db.dialect(), principal.user_id, machine_id, container_group_id, now,
-            project=principal.project, key_hash=principal.key_hash)).fetchone()
-        if row is None:
-            _require_key(principal)  # nothing found: no work, or the key is gone?
-            return None
-        _, job_id, previous_status, previous_machine, heartbeat_interval, attempts = row
-        if previous_status == RUNNING:
-            _event(job_id, "heartbeat_lost", RUNNING, actor=SYSTEM_ACTOR,
-                   machine_id=previous_machine,
-                   attempt=attempts, at=now,
-                   reason=f"no heartbeat from {previous_machine}; handed to {machine_id}")
-        Job.update(
-            status=RUNNING, machine_id=machine_id, started=now, heartbeat=now,
-            lease_expires=now + timedelta(seconds=2 * heartbeat_interval),
-            num_attempts=attempts + 1,
-        ).where(Job.id == job_id).execute()
-        _event(job_id, "assigned", RUNNING, actor=principal.actor, machine_id=machine_id,
-               attempt=attempts + 1, at=now)
-        job = Job.get_by_id(job_id)
-        webhooks.enqueue(job, RUNNING, now)
-    if previous_status == RUNNING:  # counted once the hand-over is committed
-        metrics.INTERRUPTIONS.inc()
+        for _ in range(MAX_RECLAIMS_PER_CLAIM):
+            row = db.database.execute_sql(*sql.claim_candidate(
+                db.dialect(), principal.user_id, machine_id, container_group_id, now,
+                project=principal.project, key_hash=principal.key_hash)).fetchone()
+            if row is None:
+                _require_key(principal)  # nothing found: no work, or the key is gone?
+                break
+            candidate = Job.get_by_id(row[1])  # locked by the candidate statement
+            if candidate.status == RUNNING:
+                if _timed_out(candidate, now):
+                    _charge_failure(candidate, now, actor=SYSTEM_ACTOR,
+                                    machine_id=candidate.machine_id, reason=TIMED_OUT, ban=False)
+                    continue
+                interruptions += 1
+                if not _interrupt(candidate, machine_id, now):
+                    continue
+            job = _assign(candidate, principal, machine_id, now)
+            break
+    metrics.INTERRUPTIONS.inc(interruptions)  # counted once the hand-over is committed
+    return job
+
+
+def _timed_out(job: Job, now) -> bool:
+    """The attempt has run longer than the job allows, plus one lease for its holder to have
+    noticed and reported it."""
+    if job.timeout_s is None or job.started is None:
+        return False
+    limit = job.timeout_s + lease.seconds(job.heartbeat_interval)
+    return now >= job.started + timedelta(seconds=limit)
+
+
+def _interrupt(job: Job, machine_id: str, now) -> bool:
+    """Count the holder's lost lease. False when that was one too many: the job is failed."""
+    count = job.num_interruptions + 1
+    allowed = count <= job.max_interruptions
+    _event(job.id, "heartbeat_lost", RUNNING, actor=SYSTEM_ACTOR, machine_id=job.machine_id,
+           attempt=job.num_attempts, at=now,
+           reason=f"no heartbeat from {job.machine_id}; "
+                  + (f"handed to {machine_id}; " if allowed else "")
+                  + f"interruption {count} of max_interruptions={job.max_interruptions}")
+    if allowed:
+        Job.update(num_interruptions=count).where(Job.id == job.id).execute()
+        return True
+    Job.update(status=FAILED, failed=now, num_interruptions=count, lease_expires=None).where(
+        Job.id == job.id).execute()
+    _event(job.id, "failed", FAILED, actor=SYSTEM_ACTOR, machine_id=job.machine_id, at=now,
+           reason=TOO_MANY_INTERRUPTIONS)
+    webhooks.enqueue(Job.get_by_id(job.id), FAILED, now, reason=TOO_MANY_INTERRUPTIONS)
+    return False
+
+
+def _assign(job: Job, principal: Principal, machine_id: str, now) -> Job:
+    attempt = job.num_attempts + 1
+    Job.update(
+        status=RUNNING, machine_id=machine_id, started=now, heartbeat=now,
+        lease_expires=now + timedelta(seconds=lease.seconds(job.heartbeat_interval)),
+        num_attempts=attempt,
+    ).where(Job.id == job.id).execute()
+    _event(job.id, "assigned", RUNNING, actor=principal.actor, machine_id=machine_id,
+           attempt=attempt, at=now)
+    job = Job.get_by_id(job.id)
+    webhooks.enqueue(job, RUNNING, now)
     return job
 
 
@@ -172,57 +228,91 @@ def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
     return CANCELED
 
 
-def complete(principal: Principal, job_id: str, machine_id: str) -> Job:
+def _holds(job: Job, machine_id: str) -> bool:
+    return job.status == RUNNING and job.machine_id == machine_id
+
+
+def complete(principal: Principal, job_id: str, machine_id: str) -> tuple[Job, bool]:
+    """Record the holder's completion. Returns the job and whether this report changed it.
+
+    A report from a machine that does not hold the job (late: the job was canceled, handed on
+    or already finished; or repeated after a lost answer) changes nothing and is answered with
+    the job's current status: the original worker crashes on any non-2xx answer.
+    """
     now = db.utcnow()
     with db.write_transaction():
         job = _get_locked(principal, job_id)
-        if job.status == COMPLETED and job.machine_id == machine_id:
-            return job  # a retried report of the same completion
-        _require_holder(job, machine_id)
+        if not _holds(job, machine_id):
+            return job, False
         Job.update(status=COMPLETED, completed=now, lease_expires=None).where(
             Job.id == job_id).execute()
         # Completion means the command exited 0 (the worker protocol reports nothing else).
         _event(job_id, "completed", COMPLETED, actor=principal.actor, machine_id=machine_id,
                attempt=job.num_attempts, exit_code=0, at=now)
+        job = Job.get_by_id(job_id)
         webhooks.enqueue(job, COMPLETED, now)
-    return Job.get_by_id(job_id)
+    return job, True
 
 
-def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None,
-         reason=None) -> Job:
-    """A failed attempt: ban the machine from the job, then retry it elsewhere or, at
-    max_failures, fail it for good."""
+def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None, reason=None,
+         kind: str = "job") -> tuple[Job, bool]:
+    """A failed attempt reported by its holder. Returns the job and whether the report changed
+    it (a late or repeated report changes nothing, as in `complete`).
+
+    kind "job" (the command failed): charged to the job, see `_charge_failure`. kind "node"
+    (the machine could not run it: storage, disk, work directory): the job goes back to pending
+    uncharged, and the machine is banned from it, which counts toward its reallocation.
+    """
     now = db.utcnow()
     with db.write_transaction():
         job = _get_locked(principal, job_id)
-        _require_holder(job, machine_id)
-        failures = job.num_failures + 1
-        JobBan.insert(job=job_id, machine_id=machine_id, user_id=job.user_id,
-                      container_group_id=job.container_group_id,
-                      created=now).on_conflict_ignore().execute()
-        _event(job_id, "attempt_failed", RUNNING, actor=principal.actor, machine_id=machine_id,
-               attempt=job.num_attempts, exit_code=exit_code, reason=reason, at=now)
-        if failures >= job.max_failures:
-            Job.update(status=FAILED, failed=now, num_failures=failures,
-                       lease_expires=None).where(Job.id == job_id).execute()
-            _event(job_id, "failed", FAILED, actor=principal.actor, machine_id=machine_id, at=now,
-                   reason=f"failed {failures} of max_failures={job.max_failures} times")
-            webhooks.enqueue(job, FAILED, now)
+        if not _holds(job, machine_id):
+            return job, False
+        if kind == "node":
+            _ban(job, machine_id, now)
+            _event(job_id, "attempt_failed", RUNNING, actor=principal.actor,
+                   machine_id=machine_id, attempt=job.num_attempts, exit_code=exit_code,
+                   reason=f"node failure: {reason}" if reason else "node failure", at=now)
+            _requeue(job_id, now, actor=principal.actor,
+                     reason="node failure, not charged to the job")
         else:
-            Job.update(status=PENDING, num_failures=failures, machine_id=None, heartbeat=None,
-                       lease_expires=None).where(Job.id == job_id).execute()
-            _event(job_id, "requeued", PENDING, actor=principal.actor, at=now,
-                   reason=f"{job.max_failures - failures} attempt(s) left")
-    return Job.get_by_id(job_id)
+            _charge_failure(job, now, actor=principal.actor, machine_id=machine_id,
+                            exit_code=exit_code, reason=reason, ban=True)
+    return Job.get_by_id(job_id), True
 
 
-def _require_holder(job: Job, machine_id: str) -> None:
-    if job.status != RUNNING or job.machine_id != machine_id:
-        holder = job.machine_id or "no machine"
-        raise Conflict(
-            f"job {job.id} is {job.status} and held by {holder}, not by {machine_id}",
-            status_now=job.status,
-        )
+def _ban(job: Job, machine_id: str, now) -> None:
+    JobBan.insert(job=job.id, machine_id=machine_id, user_id=job.user_id,
+                  container_group_id=job.container_group_id,
+                  created=now).on_conflict_ignore().execute()
+
+
+def _requeue(job_id: str, now, *, actor: str, reason: str, **changes) -> None:
+    Job.update(status=PENDING, machine_id=None, heartbeat=None, lease_expires=None,
+               **changes).where(Job.id == job_id).execute()
+    _event(job_id, "requeued", PENDING, actor=actor, at=now, reason=reason)
+
+
+def _charge_failure(job: Job, now, *, actor: str, machine_id, exit_code=None, reason=None,
+                    ban: bool) -> None:
+    """A failure of the job itself: count it, then retry it elsewhere or, at max_failures, fail
+    it for good. `ban` keeps the machine that ran it from getting it again."""
+    failures = job.num_failures + 1
+    if ban:
+        _ban(job, machine_id, now)
+    _event(job.id, "attempt_failed", RUNNING, actor=actor, machine_id=machine_id,
+           attempt=job.num_attempts, exit_code=exit_code, reason=reason, at=now)
+    if failures >= job.max_failures:
+        Job.update(status=FAILED, failed=now, num_failures=failures,
+                   lease_expires=None).where(Job.id == job.id).execute()
+        why = f"failed {failures} of max_failures={job.max_failures} times"
+        if reason == TIMED_OUT:
+            why = f"{TIMED_OUT}; {why}"
+        _event(job.id, "failed", FAILED, actor=actor, machine_id=machine_id, at=now, reason=why)
+        webhooks.enqueue(Job.get_by_id(job.id), FAILED, now, reason=reason or why)
+    else:
+        _requeue(job.id, now, actor=actor, num_failures=failures,
+                 reason=f"{job.max_failures - failures} attempt(s) left")
 
 
 # --- Cancelling and clearing ------------------------------------------------------------------
@@ -241,32 +331,69 @@ def cancel(principal: Principal, job_id: str, reason: str = "canceled by user") 
     return Job.get_by_id(job_id)
 
 
+# Purges and deletes go in batches of this many jobs, each batch its own short transaction:
+# one statement over 800,000 jobs held SQLite's write lock for 22 s, and every other tenant's
+# heartbeat waited behind it (or failed, "database is locked").
+PURGE_BATCH = 1000
+
+
+def _in_batches(step) -> int:
+    """Run `step()` (one transaction, returns how many jobs it handled) until a batch comes
+    back short; returns the total."""
+    total = 0
+    while True:
+        done = step()
+        total += done
+        if done < PURGE_BATCH:
+            return total
+
+
 def purge_container_group(principal: Principal, container_group_id: str) -> int:
-    """Delete the group's pending jobs and cancel its running ones; returns how many."""
-    now = db.utcnow()
-    with db.write_transaction():
-        in_group = _owned(Job.select(Job.id, Job.machine_id), principal).where(
-            Job.container_group_id == container_group_id)
-        pending_ids = in_group.select(Job.id).where(Job.status == PENDING)
-        deleted = Job.delete().where(Job.id.in_(pending_ids)).execute()
-        running = list(db.locked(in_group.where(Job.status == RUNNING)))
-        if running:
+    """Delete the group's pending jobs and cancel its running ones; returns how many.
+
+    In batches (see PURGE_BATCH), so not all or nothing: a purge cut short has done part of
+    the work, and repeating it does the rest.
+    """
+    in_group = _owned(Job.select(Job.id, Job.machine_id), principal).where(
+        Job.container_group_id == container_group_id)
+
+    def delete_pending() -> int:
+        with db.write_transaction():
+            ids = [job.id for job in db.locked(
+                in_group.where(Job.status == PENDING).limit(PURGE_BATCH), skip_locked=True)]
+            if ids:
+                Job.delete().where(Job.id.in_(ids)).execute()
+            return len(ids)
+
+    def cancel_running() -> int:
+        now = db.utcnow()
+        with db.write_transaction():
+            running = list(db.locked(
+                in_group.where(Job.status == RUNNING).limit(PURGE_BATCH), skip_locked=True))
+            if not running:
+                return 0
+            ids = [job.id for job in running]
             Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
-                Job.id.in_([job.id for job in running])).execute()
+                Job.id.in_(ids)).execute()
             JobEvent.insert_many([
                 {"job": job.id, "at": now, "kind": "purged", "status": CANCELED,
                  "machine_id": job.machine_id, "actor": principal.actor,
                  "reason": f"container group {container_group_id} purged"}
                 for job in running
             ]).execute()
-            notify = Job.select().where(Job.id.in_([job.id for job in running]),
-                                        Job.webhook.is_null(False))
-            for job in notify:
+            for job in Job.select().where(Job.id.in_(ids), Job.webhook.is_null(False)):
                 webhooks.enqueue(job, CANCELED, now)
-    return deleted + len(running)
+            return len(ids)
+
+    return _in_batches(delete_pending) + _in_batches(cancel_running)
 
 
 def clear_all() -> int:
-    """Administrator only: delete every job."""
-    with db.write_transaction():
-        return Job.delete().execute()
+    """Administrator only: delete every job, in batches."""
+    def delete_some() -> int:
+        with db.write_transaction():
+            ids = [job.id for job in Job.select(Job.id).limit(PURGE_BATCH)]
+            if ids:
+                Job.delete().where(Job.id.in_(ids)).execute()
+            return len(ids)
+    return _in_batches(delete_some)

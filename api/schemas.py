@@ -17,7 +17,9 @@ from api.jobspec import (
     MAX_FAILURES_LIMIT,
     MAX_HEARTBEAT_INTERVAL,
     MAX_ID_LENGTH,
+    MAX_INTERRUPTIONS_LIMIT,
     MAX_SYNC_ENTRIES,
+    MAX_TIMEOUT_S,
 )
 
 # The limits below are the ones api/jobspec.py enforces (tests/api/test_openapi_limits.py
@@ -108,6 +110,17 @@ JOB_REQUEST = {
                                "description": "Seconds between the worker's heartbeats."},
         "compression": {"type": "boolean", "default": False,
                         "description": "gzip uploads (stored with a .gz suffix)."},
+        "max_interruptions": {"type": "integer", "minimum": 0,
+                              "maximum": MAX_INTERRUPTIONS_LIMIT,
+                              "default": DEFAULTS.default_max_interruptions,
+                              "description": "Lost leases (a machine stopped heartbeating) the "
+                              "job survives; one more and it ends failed with reason "
+                              "'too many interruptions'. Default KELPIE_DEFAULT_MAX_INTERRUPTIONS."},
+        "timeout_s": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_S,
+                      "nullable": True, "default": None,
+                      "description": "Wall-clock limit of one attempt in seconds (null: none). "
+                      "An attempt past it is stopped and fails with reason 'timed out', which "
+                      "counts toward max_failures."},
     },
     "additionalProperties": False,
 }
@@ -139,6 +152,10 @@ JOB = {
         "heartbeat_interval": {"type": "integer"},
         "compression": {"type": "boolean"},
         "num_attempts": {"type": "integer", "description": "Times a machine was given the job."},
+        "num_interruptions": {"type": "integer",
+                              "description": "Leases lost (the holder stopped heartbeating)."},
+        "max_interruptions": {"type": "integer"},
+        "timeout_s": {"type": "integer", "nullable": True},
     },
 }
 
@@ -250,7 +267,19 @@ COMPONENTS = {
         "properties": {"machine_id": {"type": "string", "minLength": 1},
                        "container_group_id": NULLABLE_STRING,
                        "exit_code": {"type": "integer", "nullable": True},
-                       "reason": NULLABLE_STRING},
+                       "reason": NULLABLE_STRING,
+                       "kind": {"type": "string", "enum": ["job", "node"], "default": "job",
+                                "description": "job: the command failed (charged to the job). "
+                                "node: this machine could not run it (storage, disk, work "
+                                "directory): the job returns to pending uncharged and the "
+                                "machine is banned from it."}},
+    },
+    "ReportAnswer": {
+        "type": "object", "required": ["message"],
+        "properties": {"message": {"type": "string"}, "status": STATUS,
+                       "recorded": {"type": "boolean",
+                                    "description": "false: a late or repeated report; nothing "
+                                    "was changed."}},
     },
     "HeartbeatResponse": {"type": "object", "required": ["status"],
                           "properties": {"status": STATUS}},

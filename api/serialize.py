@@ -43,6 +43,9 @@ def job(job: Job) -> dict:
         "compression": bool(job.compression),
         # Ours, after the spec's fields: how many times a machine was given the job.
         "num_attempts": job.num_attempts,
+        "num_interruptions": job.num_interruptions,
+        "max_interruptions": job.max_interruptions,
+        "timeout_s": job.timeout_s,
     })
     return body
 

@@ -6,6 +6,8 @@ PostgreSQL locks the candidate row with SKIP LOCKED; SQLite's BEGIN IMMEDIATE al
 excludes other writers.
 """
 
+from api import lease
+
 _CANDIDATE_COLUMNS = "j.id, j.status, j.machine_id, j.heartbeat_interval, j.num_attempts"
 _NOT_BANNED = ("NOT EXISTS (SELECT 1 FROM job_bans b WHERE b.job_id = j.id AND b.machine_id = {p})")
 
@@ -34,12 +36,12 @@ _CLAIM_CANDIDATE = {
 _HEARTBEAT = {
     "postgresql": "SET LOCAL synchronous_commit TO OFF; "
                   "UPDATE jobs SET heartbeat = %s,"
-                  " lease_expires = %s + heartbeat_interval * interval '2 seconds',"
+                  " lease_expires = %s + {lease} * interval '1 second',"
                   " num_heartbeats = num_heartbeats + 1"
                   " WHERE id = %s AND machine_id = %s AND status = 'running'{owner}",
     "sqlite": "UPDATE jobs SET heartbeat = ?,"
               " lease_expires = strftime('%Y-%m-%d %H:%M:%f', ?,"
-              " printf('+%d seconds', 2 * heartbeat_interval)),"
+              " printf('+%d seconds', {lease})),"
               " num_heartbeats = num_heartbeats + 1"
               " WHERE id = ? AND machine_id = ? AND status = 'running'{owner}",
 }
@@ -99,4 +101,4 @@ def heartbeat(dialect: str, job_id: str, machine_id: str, owner_id: str | None, 
     key_sql, key_params = _key_exists(p, key_hash, now)
     owner += key_sql
     params.extend(key_params)
-    return _HEARTBEAT[dialect].format(owner=owner), params
+    return _HEARTBEAT[dialect].format(owner=owner, lease=lease.sql_seconds(dialect)), params

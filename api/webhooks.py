@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from peewee import SQL, fn
 
@@ -50,9 +51,10 @@ DELIVERY_HEADER = "X-Kelpie-Delivery"
 
 # --- The outbox -------------------------------------------------------------------------------
 
-def enqueue(job, status: str, at: datetime) -> None:
-    """Store the notification that `job` is now `status`. Call it inside the transaction that
-    made the change; a job without a webhook needs none."""
+def enqueue(job, status: str, at: datetime, reason: str | None = None) -> None:
+    """Store the notification that `job` is now `status` (`reason`: why, for a failure). Call it
+    inside the transaction that made the change, with the job as that change left it; a job
+    without a webhook needs none."""
     if not job.webhook:
         return
     body = {
@@ -62,6 +64,9 @@ def enqueue(job, status: str, at: datetime) -> None:
         "container_group_id": job.container_group_id,
         "attempt": job.num_attempts,
         "timestamp": timestamp(at),
+        "num_failures": job.num_failures,
+        "num_interruptions": job.num_interruptions,
+        "reason": reason,
     }
     WebhookDelivery.insert(
         job_id=job.id, user_id=job.user_id, url=job.webhook, job_status=status,
@@ -166,17 +171,43 @@ def lease_seconds(settings: Settings) -> float:
     return 3 * settings.webhook_timeout + 30
 
 
-def claim_due(limit: int, settings: Settings) -> list[Claimed]:
-    """Lease up to `limit` due notifications to this process."""
+def destination(url: str) -> str:
+    """What the per-destination limit counts by: scheme, host and port (paths share a host)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or ''}"
+
+
+def claim_due(limit: int, settings: Settings, busy: dict[str, int] | None = None,
+              busy_urls: tuple[str, ...] = ()) -> list[Claimed]:
+    """Lease up to `limit` due notifications to this process, at most `per_destination(settings)`
+    to one destination counting the `busy` ones this process is already sending.
+    `busy_urls`: URLs of destinations at their limit, left out of the query itself so that a
+    long queue for one of them does not hide everyone else's."""
     now = db.utcnow()
+    due = _due(now)
+    if busy_urls:
+        due = due.where(WebhookDelivery.url.not_in(list(busy_urls)))
     # A plain read first: most polls find nothing and then take no write lock at all.
-    if not _due(now).exists():
+    if not due.exists():
         return []
     lease_until = now + timedelta(seconds=lease_seconds(settings))
+    counts = dict(busy or {})
+    share = per_destination(settings)
     claimed = []
     with db.write_transaction():
-        query = _due(now).order_by(WebhookDelivery.next_attempt, WebhookDelivery.id).limit(limit)
+        # Read more than `limit`: some rows may be for destinations at their share.
+        query = due.order_by(WebhookDelivery.next_attempt, WebhookDelivery.id).limit(4 * limit)
         for row in db.locked(query, skip_locked=True):
+            if len(claimed) >= limit:
+                break
+            where = destination(row.url)
+            if counts.get(where, 0) >= share:
+                continue
+            counts[where] = counts.get(where, 0) + 1
             token = secrets.token_hex(8)
             WebhookDelivery.update(
                 lease_until=lease_until, lease_token=token, attempts=row.attempts + 1,
@@ -185,6 +216,10 @@ def claim_due(limit: int, settings: Settings) -> list[Claimed]:
             claimed.append(Claimed(row.id, row.job_id, row.url, row.body, row.created,
                                    row.attempts + 1, token, users.webhook_secret(row.user_id)))
     return claimed
+
+
+def per_destination(settings: Settings) -> int:
+    return max(1, settings.webhook_per_destination or settings.webhook_concurrency // 4)
 
 
 def backoff(attempts: int, settings: Settings) -> float:
@@ -221,8 +256,9 @@ def record(claimed: Claimed, outcome: Outcome, settings: Settings) -> str:
 
 # --- Sending (webhook thread pool) ------------------------------------------------------------
 
-def attempt(claimed: Claimed, settings: Settings) -> Outcome:
-    """One POST of a claimed notification. Never raises."""
+def attempt(claimed: Claimed, settings: Settings, cutoff: egress.Cutoff | None = None) -> Outcome:
+    """One POST of a claimed notification, within webhook_timeout in all (or until `cutoff`
+    fires). Never raises."""
     if claimed.secret is None:
         return Outcome(error="the job's user no longer exists", permanent=True)
     body = claimed.body.encode()
@@ -240,7 +276,7 @@ def attempt(claimed: Claimed, settings: Settings) -> Outcome:
     try:
         response = egress.post(claimed.url, body, headers, timeout=settings.webhook_timeout,
                                deny_private=settings.webhook_deny_private,
-                               allowed_hosts=settings.webhook_allowed_hosts)
+                               allowed_hosts=settings.webhook_allowed_hosts, cutoff=cutoff)
     except egress.Refused as refusal:
         # Our own words about the URL the tenant gave: nothing came from the destination.
         return Outcome(error=f"refused: {refusal}", permanent=True)
@@ -263,6 +299,8 @@ class Sender:
         self.concurrency = max(1, settings.webhook_concurrency)
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
         self.in_flight: set[asyncio.Task] = set()
+        # What is being sent now, by delivery: its destination and URL, and how to end it.
+        self.sending: dict[int, tuple[str, str, egress.Cutoff]] = {}
 
     async def run(self) -> None:
         try:
@@ -270,6 +308,8 @@ class Sender:
                 free = self.concurrency - len(self.in_flight)
                 if free > 0:
                     for claimed in await self._claim(free):
+                        self.sending[claimed.id] = (destination(claimed.url), claimed.url,
+                                                    egress.Cutoff())
                         task = asyncio.create_task(self._deliver(claimed))
                         self.in_flight.add(task)
                         task.add_done_callback(self.in_flight.discard)
@@ -280,24 +320,40 @@ class Sender:
                 else:
                     await asyncio.sleep(self.settings.webhook_poll_interval)
         except asyncio.CancelledError:
-            # Shutting down: let sends already under way finish and be recorded, so nothing
-            # waits for its lease to run out after a restart.
+            # Shutting down: never wait on a receiver. Sends under way are cut off now; what
+            # is recorded in the moment left is a failed try, the rest is retried once its
+            # lease runs out (receivers dedupe by X-Kelpie-Delivery).
+            for _, _, cutoff in self.sending.values():
+                cutoff.fire()
             if self.in_flight:
-                await asyncio.wait(set(self.in_flight), timeout=self.settings.webhook_timeout + 2)
+                await asyncio.wait(set(self.in_flight), timeout=2)
             raise
         finally:
             self.pool.shutdown(wait=False)
 
     async def _claim(self, limit: int) -> list[Claimed]:
+        busy: dict[str, int] = {}
+        urls: dict[str, set[str]] = {}
+        for where, url, _ in self.sending.values():
+            busy[where] = busy.get(where, 0) + 1
+            urls.setdefault(where, set()).add(url)
+        share = per_destination(self.settings)
+        full = tuple(url for where, count in busy.items() if count >= share
+                     for url in sorted(urls[where]))
         try:
-            return await db.run(claim_due, limit, self.settings)
+            return await db.run(claim_due, limit, self.settings, busy, full)
         except Exception:  # the database away for a moment: try again at the next poll
             log.exception("claiming webhook deliveries failed")
             return []
 
     async def _deliver(self, claimed: Claimed) -> None:
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.pool, attempt, claimed, self.settings)
+        cutoff = self.sending[claimed.id][2]
+        try:
+            outcome = await loop.run_in_executor(self.pool, attempt, claimed, self.settings,
+                                                 cutoff)
+        finally:
+            self.sending.pop(claimed.id, None)
         try:
             status = await db.run(record, claimed, outcome, self.settings)
         except Exception:  # not recorded: the lease runs out and the row is tried again

@@ -5,7 +5,7 @@ from sanic.response import empty, json
 from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import Boolean, Integer, String
 
-from api import db, fields, jobspec, queue, serialize
+from api import db, fields, idempotency, jobspec, queue, serialize
 from api.errors import ValidationError
 from api.routes import documented, json_body, query_bool, query_int
 from api.schemas import DEFAULTS
@@ -15,18 +15,40 @@ bp = Blueprint("jobs")
 DEFAULT_PAGE_SIZE = 100
 
 
+IDEMPOTENCY_KEY = Parameter(
+    idempotency.HEADER, String(), "header",
+    description=f"Up to {idempotency.MAX_LENGTH} printable ASCII characters. A retry with the "
+    "same key within 24 hours (same tenant) gets the original answer, status and body, and "
+    "creates nothing; the same key with a different request answers 409.")
+
+
+async def _submit(request: Request, body, specs: list[dict], render):
+    """Submit, once per Idempotency-Key when the request carries one."""
+    key = idempotency.key_of(request.headers)
+    if key is None:
+        status, answer = render(await db.run(queue.submit, request.ctx.principal, specs))
+        return json(answer, status=status)
+    status, answer, replayed = await db.run(
+        idempotency.submit_once, request.ctx.principal, key,
+        idempotency.fingerprint(request.path, body), specs, render)
+    return json(answer, status=status,
+                headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
 @bp.post("/jobs")
-@documented("Submit a job", body="JobRequest", responses={202: "Job"}, errors=(400, 413))
+@documented("Submit a job", body="JobRequest", responses={202: "Job"}, errors=(400, 409, 413),
+            parameters=[IDEMPOTENCY_KEY])
 @allow(*TENANT)
 async def submit_job(request: Request):
-    spec = jobspec.parse_job(json_body(request), request.app.ctx.settings)
-    [job] = await db.run(queue.submit, request.ctx.principal, [spec])
-    return json(serialize.job(job), status=202)
+    body = json_body(request)
+    spec = jobspec.parse_job(body, request.app.ctx.settings)
+    return await _submit(request, body, [spec], lambda jobs: (202, serialize.job(jobs[0])))
 
 
 @bp.post("/jobs/batch")
 @documented(f"Submit up to {DEFAULTS.max_batch_size} jobs, all or nothing",
-            body="JobBatchRequest", responses={202: "JobList"}, errors=(400, 413))
+            body="JobBatchRequest", responses={202: "JobList"}, errors=(400, 409, 413),
+            parameters=[IDEMPOTENCY_KEY])
 @allow(*TENANT)
 async def submit_batch(request: Request):
     body = json_body(request)
@@ -40,8 +62,8 @@ async def submit_batch(request: Request):
         except ValidationError as error:
             raise ValidationError(f"[{index}].{error.field}".rstrip("."),
                                   str(error).split(": ", 1)[-1], index=index) from None
-    jobs = await db.run(queue.submit, request.ctx.principal, specs)
-    return json([serialize.job(job) for job in jobs], status=202)
+    return await _submit(request, body, specs,
+                         lambda jobs: (202, [serialize.job(job) for job in jobs]))
 
 
 @bp.get("/jobs")

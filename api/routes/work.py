@@ -55,7 +55,7 @@ async def get_work(request: Request):
     if await reallocation.on_work_request(request.app, request.ctx.principal, machine_id,
                                           container_group_id):
         return json([])
-    job = await db.run(queue.claim, request.ctx.principal, machine_id, container_group_id)
+    job = await db.run_protocol(queue.claim, request.ctx.principal, machine_id, container_group_id)
     if job is not None:
         metrics.CLAIMS.inc()
     return json([] if job is None else [serialize.job(job)])
@@ -70,16 +70,18 @@ async def heartbeat(request: Request, job_id):
     body = _report(request)
     machine_id, _ = _worker_identity(request, body.get("machine_id"),
                                      body.get("container_group_id"))
-    status = await db.run(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
+    status = await db.run_protocol(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
     if status == queue.RUNNING:
         metrics.HEARTBEATS.inc()
     return json({"status": status})
 
 
 @bp.post("/jobs/<job_id:uuid>/completed")
-@documented("Report that the job finished and its outputs are uploaded",
-            body="CompletionReport", responses={200: "Message"},
-            errors=(400, 401, 403, 404, 409))
+@documented("Report that the job finished and its outputs are uploaded. A late or repeated "
+            "report (the caller no longer holds the job) changes nothing and is answered 200 "
+            "with the job's current status.",
+            body="CompletionReport", responses={200: "ReportAnswer"},
+            errors=(400, 401, 403, 404))
 @allow(*WORKER_PROTOCOL)
 async def completed(request: Request, job_id):
     body = _report(request)
@@ -91,13 +93,16 @@ async def completed(request: Request, job_id):
     if exit_code is not None and (exit_code != 0 or isinstance(exit_code, bool)):
         raise ValidationError("exit_code", "must be 0 for a completed job (report a failure "
                               "with POST /jobs/:id/failed)")
-    await db.run(queue.complete, request.ctx.principal, str(job_id), machine_id)
-    return json({"message": "Job completed"})
+    job, recorded = await db.run_protocol(queue.complete, request.ctx.principal, str(job_id), machine_id)
+    return json(_answer(job, recorded, "Job completed"))
 
 
 @bp.post("/jobs/<job_id:uuid>/failed")
-@documented("Report a failed attempt (non-zero exit or failed upload)",
-            body="FailureReport", responses={202: "Message"}, errors=(400, 401, 403, 404, 409))
+@documented("Report a failed attempt: kind job (non-zero exit, timeout, failed upload; "
+            "counts toward max_failures) or node (the machine could not run it; the job goes "
+            "back to pending uncharged and the machine is banned from it). A late or repeated "
+            "report changes nothing and is answered 202 with the job's current status.",
+            body="FailureReport", responses={202: "ReportAnswer"}, errors=(400, 401, 403, 404))
 @allow(*WORKER_PROTOCOL)
 async def failed(request: Request, job_id):
     body = _report(request)
@@ -109,7 +114,23 @@ async def failed(request: Request, job_id):
         raise ValidationError("exit_code", "must be an integer")
     reason = body.get("reason")
     reason = fields.text(reason, "reason", required=False, max_length=100_000)
-    await db.run(queue.fail, request.ctx.principal, str(job_id), machine_id,
-                 exit_code=exit_code, reason=(reason or None) and reason[:2000])
-    metrics.FAILURES.inc()
-    return json({"message": "Job failure recorded"}, status=202)
+    kind = body.get("kind")
+    if kind is None:
+        kind = "job"
+    if kind not in queue.FAILURE_KINDS:
+        raise ValidationError("kind", f"must be one of {', '.join(queue.FAILURE_KINDS)}")
+    job, recorded = await db.run_protocol(queue.fail, request.ctx.principal, str(job_id), machine_id,
+                                 exit_code=exit_code, reason=(reason or None) and reason[:2000],
+                                 kind=kind)
+    if recorded:
+        (metrics.NODE_FAILURES if kind == "node" else metrics.FAILURES).inc()
+    return json(_answer(job, recorded, "Job failure recorded"), status=202)
+
+
+def _answer(job, recorded: bool, message: str) -> dict:
+    """The answer to a report: the original's message, plus the job's status now and whether
+    this report changed anything (false: late or repeated, nothing done)."""
+    if not recorded:
+        message = (f"nothing changed: job {job.id} is {job.status}"
+                   + (f" on {job.machine_id}" if job.status == queue.RUNNING else ""))
+    return {"message": message, "status": job.status, "recorded": recorded}

@@ -13,7 +13,8 @@ JOB_KEYS = [
     "input_bucket", "input_prefix", "checkpoint_bucket", "checkpoint_prefix",
     "output_bucket", "output_prefix", "webhook", "heartbeat", "num_failures", "num_heartbeats",
     "container_group_id", "machine_id", "max_failures", "heartbeat_interval", "compression",
-    "num_attempts",  # added by us, after the spec's fields
+    # Added by us, after the spec's fields.
+    "num_attempts", "num_interruptions", "max_interruptions", "timeout_s",
 ]
 
 

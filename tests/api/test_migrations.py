@@ -12,6 +12,7 @@ from api.config import Settings
 from api.migrations import apply_all, discover
 from api.models import Job, JobEvent, MachineReallocation, SchemaMigration, WebhookDelivery
 from api.principal import Principal
+from tests.conftest import DIALECTS, make_database_url
 
 AT = datetime(2026, 1, 2, 3, 4, 5)
 SECRET = "kelpie_secret-from-0003-era-0123456789abcdef"
@@ -100,3 +101,24 @@ def test_0004_keeps_0003_data_working(database):
     assigned = JobEvent.select().where(JobEvent.job == JOB, JobEvent.kind == "assigned").get()
     assert assigned.actor == f"key:{principal.key_id}"
     assert queue.claim(Principal(user_id="bob"), "machine-1", "group-1") is None
+
+
+@pytest.fixture(params=DIALECTS)
+def fresh_database(request, tmp_path):
+    """A database of its own: the module's is already migrated by the test above."""
+    url, cleanup = make_database_url(request.param, tmp_path)
+    db.init(Settings(database_url=url))
+    with db.database.connection_context():
+        yield db.database
+    db.close()
+    cleanup()
+
+
+def test_0006_gives_existing_jobs_the_default_limits(fresh_database):
+    _migrate_to(5)
+    _old_rows(fresh_database)
+
+    assert 6 in apply_all()
+
+    job = Job.get_by_id(JOB)
+    assert (job.max_interruptions, job.num_interruptions, job.timeout_s) == (100, 0, None)

@@ -123,7 +123,7 @@ def test_job_that_fails_once_then_completes(api, user_key, receiver):
 
     body = accepted[0].json
     assert set(body) == {"status", "job_id", "machine_id", "container_group_id", "attempt",
-                         "timestamp"}
+                         "timestamp", "num_failures", "num_interruptions", "reason"}
     assert body["job_id"] == job_id and body["container_group_id"] is None
     assert body["timestamp"].endswith("Z")
     assert accepted[0].headers["content-type"] == "application/json"

@@ -77,8 +77,9 @@ def test_cancel_reaches_the_worker_through_its_heartbeat(api, user_key):
     job = claim(api, user_key, "m1", "cancel")
     api.request("DELETE", f"/jobs/{job['id']}", key=user_key)
     assert report(api, user_key, job["id"], "heartbeat", "m1", "cancel") == (200, {"status": "canceled"})
-    status, _ = report(api, user_key, job["id"], "completed", "m1", "cancel")
-    assert status == 409
+    # The worker's completion after the cancel is answered 200 and changes nothing.
+    status, answer = report(api, user_key, job["id"], "completed", "m1", "cancel")
+    assert (status, answer["status"], answer["recorded"]) == (200, "canceled", False)
 
 
 def test_stale_job_is_handed_to_another_machine_first(api, user_key):
@@ -90,16 +91,20 @@ def test_stale_job_is_handed_to_another_machine_first(api, user_key):
     assert claim(api, user_key, "m2", "stale")["id"] == waiting["id"]
     taken = wait_until(lambda: claim(api, user_key, "m3", "stale"), timeout=10, interval=0.2)
     assert taken["id"] == stale["id"] and taken["machine_id"] == "m3"
-    # The old holder is now a zombie: told to stop, and cannot report.
+    # The old holder is now a zombie: told to stop; its reports are answered 2xx and change
+    # nothing (the job stays m3's).
     assert report(api, user_key, stale["id"], "heartbeat", "m1", "stale")[1] == {"status": "canceled"}
-    assert report(api, user_key, stale["id"], "completed", "m1", "stale")[0] == 409
-    assert report(api, user_key, stale["id"], "failed", "m1", "stale")[0] == 409
+    status, answer = report(api, user_key, stale["id"], "completed", "m1", "stale")
+    assert (status, answer["status"], answer["recorded"]) == (200, "running", False)
+    status, answer = report(api, user_key, stale["id"], "failed", "m1", "stale", exit_code=1)
+    assert (status, answer["status"], answer["recorded"]) == (202, "running", False)
     _, events = api.request("GET", f"/jobs/{stale['id']}/events", key=user_key)
     kinds = [(e["kind"], e["machine_id"]) for e in events["events"]]
     assert kinds[-2:] == [("heartbeat_lost", "m1"), ("assigned", "m3")]
-    # An interruption is not a failure.
+    # An interruption is not a failure; it is counted as one.
     _, fetched = api.request("GET", f"/jobs/{stale['id']}", key=user_key)
-    assert fetched["num_failures"] == 0
+    assert fetched["num_failures"] == 0 and fetched["num_interruptions"] == 1
+    assert fetched["machine_id"] == "m3" and fetched["status"] == "running"
 
 
 def test_heartbeats_keep_the_lease(api, user_key):
@@ -135,21 +140,83 @@ def test_failure_bans_the_machine_and_retries_elsewhere(api, user_key):
 def test_completion_is_final_and_idempotent_for_the_holder(api, user_key):
     job = submit(api, user_key, container_group_id="done")
     claim(api, user_key, "m1", "done")
-    assert report(api, user_key, job["id"], "completed", "m2", "done")[0] == 409
-    assert report(api, user_key, job["id"], "completed", "m1", "done")[0] == 200
-    assert report(api, user_key, job["id"], "completed", "m1", "done")[0] == 200  # a retry
-    assert report(api, user_key, job["id"], "failed", "m1", "done")[0] == 409
+    # Another machine's report: 200, nothing changed.
+    assert report(api, user_key, job["id"], "completed", "m2", "done")[1]["recorded"] is False
     _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "running" and fetched["machine_id"] == "m1"
+    assert report(api, user_key, job["id"], "completed", "m1", "done")[1]["recorded"] is True
+    _, first = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    # A retry, and a late failure report: 2xx with the status, and nothing changed.
+    assert report(api, user_key, job["id"], "completed", "m1", "done") == (
+        200, {"message": f"nothing changed: job {job['id']} is completed",
+              "status": "completed", "recorded": False})
+    assert report(api, user_key, job["id"], "failed", "m1", "done", exit_code=3)[0] == 202
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched == first
     assert fetched["status"] == "completed" and fetched["completed"] is not None
     assert report(api, user_key, job["id"], "heartbeat", "m1", "done")[1] == {"status": "completed"}
     assert api.request("DELETE", f"/jobs/{job['id']}", key=user_key)[0] == 409
 
 
-def test_reports_for_pending_jobs_conflict(api, user_key):
+def test_reports_for_pending_jobs_change_nothing(api, user_key):
     job = submit(api, user_key, container_group_id="early")
-    assert report(api, user_key, job["id"], "completed", "m1", "early")[0] == 409
-    assert report(api, user_key, job["id"], "failed", "m1", "early")[0] == 409
+    assert report(api, user_key, job["id"], "completed", "m1", "early")[:1] == (200,)
+    status, answer = report(api, user_key, job["id"], "failed", "m1", "early")
+    assert (status, answer["status"], answer["recorded"]) == (202, "pending", False)
     assert report(api, user_key, job["id"], "heartbeat", "m1", "early")[1] == {"status": "canceled"}
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "pending" and fetched["num_failures"] == 0
+    assert claim(api, user_key, "m1", "early")["id"] == job["id"]  # and m1 is not banned
+
+
+def test_repeated_failure_report_is_counted_once(api, user_key):
+    """A worker whose 202 was lost sends /failed again: one failure, one ban, not two."""
+    job = submit(api, user_key, container_group_id="refail", max_failures=3)
+    claim(api, user_key, "m1", "refail")
+    assert report(api, user_key, job["id"], "failed", "m1", "refail", exit_code=1)[1][
+        "recorded"] is True
+    status, answer = report(api, user_key, job["id"], "failed", "m1", "refail", exit_code=1)
+    assert (status, answer["status"], answer["recorded"]) == (202, "pending", False)
+    assert "not by" not in answer["message"]
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["num_failures"] == 1 and fetched["status"] == "pending"
+    _, events = api.request("GET", f"/jobs/{job['id']}/events", key=user_key)
+    assert [e["kind"] for e in events["events"]].count("attempt_failed") == 1
+
+
+def test_node_failure_returns_the_job_uncharged_and_bans_the_machine(api, user_key):
+    job = submit(api, user_key, container_group_id="node", max_failures=1)
+    claim(api, user_key, "m1", "node")
+    status, answer = report(api, user_key, job["id"], "failed", "m1", "node", kind="node",
+                            exit_code=1, reason="storage refused the credentials")
+    assert (status, answer["status"], answer["recorded"]) == (202, "pending", True)
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    # max_failures=1 and still pending: the node's failure was not charged to the job.
+    assert fetched["status"] == "pending" and fetched["num_failures"] == 0
+    assert claim(api, user_key, "m1", "node") is None  # banned from it
+    assert claim(api, user_key, "m2", "node")["id"] == job["id"]
+    _, events = api.request("GET", f"/jobs/{job['id']}/events", key=user_key)
+    failed = [e for e in events["events"] if e["kind"] == "attempt_failed"]
+    assert failed[0]["reason"] == "node failure: storage refused the credentials"
+    assert failed[0]["machine_id"] == "m1"
+    # The ban counts toward the machine's total, as any other ban does.
+    _, fleet = api.request("GET", "/fleet/machines", key=user_key)
+    [m1] = [m for m in fleet["machines"] if m["machine_id"] == "m1"
+            and m["container_group_id"] == "node"]
+    assert m1["bans"] == 1
+    # And a job failure by the next machine is still charged.
+    report(api, user_key, job["id"], "failed", "m2", "node", kind="job", exit_code=1)
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "failed" and fetched["num_failures"] == 1
+
+
+def test_failure_kind_must_be_job_or_node(api, user_key):
+    job = submit(api, user_key, container_group_id="kind")
+    claim(api, user_key, "m1", "kind")
+    status, error = report(api, user_key, job["id"], "failed", "m1", "kind", kind="disk")
+    assert status == 400 and error["field"] == "kind"
+    _, fetched = api.request("GET", f"/jobs/{job['id']}", key=user_key)
+    assert fetched["status"] == "running" and fetched["machine_id"] == "m1"
 
 
 @pytest.mark.parametrize("body, field", [

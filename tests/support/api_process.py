@@ -50,6 +50,9 @@ class ApiProcess:
             # Every test calls from 127.0.0.1 and many refuse credentials on purpose: the
             # failed-authentication throttle is off unless a test of it turns it on.
             "KELPIE_AUTH_FAILURE_BURST": "0",
+            # Leases of exactly 2 × heartbeat_interval, so the many tests that wait for a lost
+            # lease (interval 1 s) wait 2 s, not 16; the grace has its own tests that set it.
+            "KELPIE_LEASE_GRACE_S": "0",
             **self.extra_env,
         }
         # The child keeps its own copy of the descriptor; ours is closed right after Popen.
