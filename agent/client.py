@@ -171,14 +171,23 @@ class ApiClient:
                     extra={"body": str(body)[:200]})
         return None
 
-    def report_completed(self, job_id: str) -> None:
+    def report_completed(self, job_id: str) -> dict:
+        """The API's answer: {"message", "status", "recorded"}; recorded false means the
+        report came late (the job was no longer ours) and changed nothing."""
         deadline = time.monotonic() + self.config.report_timeout
-        self.request("POST", f"/jobs/{job_id}/completed", self._identity(), deadline=deadline)
+        _, body = self.request("POST", f"/jobs/{job_id}/completed", self._identity(),
+                               deadline=deadline)
+        return body if isinstance(body, dict) else {}
 
-    def report_failed(self, job_id: str, exit_code: int | None, reason: str | None) -> None:
+    def report_failed(self, job_id: str, exit_code: int | None, reason: str | None,
+                      kind: str = "job") -> dict:
+        """kind "job": the job's fault, charged to its max_failures; kind "node": this
+        machine could not run it (storage, disk, work directory), the job is not charged.
+        Returns the answer as report_completed does."""
         deadline = time.monotonic() + self.config.report_timeout
-        body = {**self._identity(), "exit_code": exit_code, "reason": reason}
-        self.request("POST", f"/jobs/{job_id}/failed", body, deadline=deadline)
+        body = {**self._identity(), "exit_code": exit_code, "reason": reason, "kind": kind}
+        _, answer = self.request("POST", f"/jobs/{job_id}/failed", body, deadline=deadline)
+        return answer if isinstance(answer, dict) else {}
 
 
 def jwt_claims(jwt: str) -> dict:

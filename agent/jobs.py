@@ -30,6 +30,7 @@ class JobPlan:
     arguments: list[str]
     environment: dict[str, str]
     heartbeat_interval: float
+    timeout_s: float | None = None  # wall-clock limit of one attempt, from the claim
     before: list[SyncRule] = field(default_factory=list)
     during: list[SyncRule] = field(default_factory=list)
     after: list[SyncRule] = field(default_factory=list)
@@ -69,6 +70,15 @@ def _rule(entry: dict, config: Config, compression: bool, where: str) -> SyncRul
                     pattern=compiled, compression=compression)
 
 
+def _timeout(value) -> float | None:
+    """The job's `timeout_s`: None (no limit) unless a positive number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
 def plan_for(job: dict, config: Config) -> JobPlan:
     compression = bool(job.get("compression"))
     interval = job.get("heartbeat_interval") or 30
@@ -77,6 +87,7 @@ def plan_for(job: dict, config: Config) -> JobPlan:
         arguments=[str(a) for a in job.get("arguments") or []],
         environment={str(k): str(v) for k, v in (job.get("environment") or {}).items()},
         heartbeat_interval=float(interval),
+        timeout_s=_timeout(job.get("timeout_s")),
     )
     if not plan.command:
         raise JobError("the job has no command")

@@ -224,6 +224,8 @@ class Storage:
         self.config = config
         session = botocore.session.get_session()
         self.client = make_s3_client(config, session)
+        # Whether this node has storage settings at all, so a check of them means something.
+        self.configured = bool(config.s3_endpoint_url or session.get_credentials())
         self.fast = _fast_client(config, session)
         self.listener = listener or TransferListener()
         self.threshold = config.multipart_threshold
@@ -352,6 +354,7 @@ class Storage:
                           obj.get("ETag")))
         fingerprints: dict[str, Fingerprint] = {}
         pending = list(plans)
+        last_error: Exception | None = None  # kept as the cause, so agent.blame can judge it
         for attempt in range(1, self.config.max_retries + 1):
             if cancel.is_set():
                 raise DownloadCanceled()
@@ -392,6 +395,7 @@ class Storage:
                 except Exception as error:  # noqa: BLE001 - any failure is retried, then reported
                     log.warning("download failed", extra={"key": key, "error": str(error),
                                                           "attempt": attempt})
+                    last_error = error
                     failed.append(plan)
                     continue
                 finally:
@@ -405,7 +409,7 @@ class Storage:
             if attempt == self.config.max_retries:
                 raise TransferFailed(
                     f"{len(failed)} object(s) under s3://{rule.bucket}/{rule.prefix} failed to "
-                    f"download, e.g. {failed[0][0]}")
+                    f"download, e.g. {failed[0][0]}") from last_error
             retry.sleep(retry.backoff_delay(attempt))
         log.info("downloaded", extra={"bucket": rule.bucket, "prefix": rule.prefix,
                                       "files": len(fingerprints), "local_dir": str(rule.local_dir)})

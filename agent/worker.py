@@ -2,10 +2,12 @@
 clean up → poll again."""
 
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future
 
+from agent import blame
 from agent import log as agent_log
 from agent.client import ApiClient, ApiError, ApiUnavailable
 from agent.config import Config
@@ -21,6 +23,7 @@ from agent.writers import Writers
 log = agent_log.get_logger(__name__)
 
 EXIT_OK = 0
+EXIT_NODE_UNUSABLE = 3  # storage or work directory unusable, before or between jobs
 
 
 def _destination(rule) -> tuple:
@@ -31,6 +34,10 @@ def _destination(rule) -> tuple:
 
 class JobLost(Exception):
     """The job was canceled or handed to another machine: drop it without reporting."""
+
+
+class TimedOut(Exception):
+    """The attempt ran past the job's `timeout_s`: stop it and charge the job."""
 
 
 class ShuttingDown(Exception):
@@ -107,7 +114,8 @@ class Worker:
         self.client = ApiClient(config, self.imds, stop=self.shutdown)
         self.state = StateFile(config.state_file, config.machine_id)
         self.storage = Storage(config, listener=self.state)
-        self.failures_here = 0
+        self.failures_here = 0  # the jobs' own failures here (MAX_JOB_FAILURES: reallocate)
+        self.node_failures = 0  # this node's failures (MAX_JOB_FAILURES: exit non-zero)
         self.jobs_run = 0
 
     # --- signals ---
@@ -129,10 +137,14 @@ class Worker:
             "machine_id": self.config.machine_id,
             "container_group_id": self.config.container_group_id,
             "api_url": self.config.api_url})
-        self.imds.set_deletion_cost(0)
-        self.state.update(status="idle")
-        idle_since = time.monotonic()
         try:
+            problem = self.preflight()
+            if problem:
+                print(f"kelpie: cannot start: {problem}", file=sys.stderr, flush=True)
+                return EXIT_NODE_UNUSABLE
+            self.imds.set_deletion_cost(0)
+            self.state.update(status="idle")
+            idle_since = time.monotonic()
             while not self.shutdown.is_set():
                 job = self._poll()
                 if job is not None:
@@ -140,6 +152,10 @@ class Worker:
                     idle_since = time.monotonic()
                     if self.shutdown.is_set():
                         break
+                    if self.node_failures >= self.config.max_job_failures:
+                        log.error("this node failed too many jobs itself; exiting",
+                                  extra={"node_failures": self.node_failures})
+                        return EXIT_NODE_UNUSABLE
                     if self.failures_here >= self.config.max_job_failures:
                         self.imds.reallocate(
                             f"{self.failures_here} failed jobs on this node")
@@ -189,15 +205,21 @@ class Worker:
                                          "attempt_machine": self.config.machine_id})
         self.state.update(status="preparing", job_id=job_id, job=job, exit_code=None)
         heartbeat = Heartbeat(self, job_id, float(job.get("heartbeat_interval") or 30))
+        claimed_at = time.monotonic()
         heartbeat.start()
         self.imds.set_deletion_cost(1)
         directories = None
         try:
             plan = plan_for(job, self.config)
             directories = prepare_directories(plan, self.config)
-            self._attempt(plan, heartbeat, directories)
+            deadline = claimed_at + plan.timeout_s if plan.timeout_s else None
+            self._attempt(plan, heartbeat, directories, deadline)
         except JobError as error:
-            self._report_failed(job_id, None, f"invalid job: {error}")
+            node = blame.work_dir_problem(self.config.work_dir)
+            if node:
+                self._report_failed(job_id, None, f"{node}; {error}", kind="node")
+            else:
+                self._report_failed(job_id, None, f"invalid job: {error}")
         except JobLost:
             log.info("dropped the job without reporting", extra={"status": heartbeat.lost_status})
         except ShuttingDown:
@@ -212,18 +234,24 @@ class Worker:
         self.imds.set_deletion_cost(0)
         self.state.update(status="idle", job_id=None, job=None, child_pid=None)
 
-    def _wait(self, done: threading.Event | Future, heartbeat: Heartbeat) -> None:
-        """Block until `done`; raise JobLost / ShuttingDown if that happens first."""
+    def _wait(self, done: threading.Event | Future, heartbeat: Heartbeat,
+              deadline: float | None = None) -> None:
+        """Block until `done`; raise JobLost / ShuttingDown / TimedOut (past `deadline`, a
+        time.monotonic() value) if that happens first."""
         is_done = done.is_set if isinstance(done, threading.Event) else done.done
         while not is_done():
             if heartbeat.lost.is_set():
                 raise JobLost()
             if self.shutdown.is_set():
                 raise ShuttingDown()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimedOut()
             time.sleep(0.05)
 
-    def _attempt(self, plan: JobPlan, heartbeat: Heartbeat,
-                 directories: JobDirectories) -> None:
+    def _attempt(self, plan: JobPlan, heartbeat: Heartbeat, directories: JobDirectories,
+                 deadline: float | None = None) -> None:
+        """One attempt; `deadline` (monotonic) is the job's timeout_s counted from the claim,
+        the same start the API counts from."""
         # 1. sync.before, in a helper thread so a cancel or shutdown need not wait for it.
         self.state.update(status="downloading")
         downloads: Future = Future()
@@ -231,8 +259,8 @@ class Worker:
         agent_log.job_thread(lambda: self._download(plan, downloads, cancel),
                              name="kelpie-download").start()
         try:
-            self._wait(downloads, heartbeat)
-        except (JobLost, ShuttingDown):
+            self._wait(downloads, heartbeat, deadline)
+        except (JobLost, ShuttingDown, TimedOut) as stopped:
             # Stop the download before anything cleans its directories, so no thread keeps
             # writing into them afterwards.
             cancel.set()
@@ -240,11 +268,21 @@ class Worker:
                 downloads.exception(timeout=60)
             except TimeoutError:
                 log.warning("the download did not stop within 60 s")
+            if isinstance(stopped, TimedOut):
+                log.warning("the job ran past its timeout while downloading",
+                            extra={"timeout_s": plan.timeout_s})
+                self._report_failed(plan.job_id, None, "timed out")
+                return
             raise
         try:
             known = downloads.result()
         except TransferFailed as error:
-            self._report_failed(plan.job_id, None, f"download failed: {error}")
+            node = self._node_problem(error)
+            if node:
+                self._report_failed(plan.job_id, None, f"{node}; download failed: {error}",
+                                    kind="node")
+            else:
+                self._report_failed(plan.job_id, None, f"download failed: {error}")
             return
         directories.record_downloaded(rule.local_dir / rel for rule in plan.before
                                       for rel in known.get(_destination(rule), {}))
@@ -274,8 +312,16 @@ class Worker:
         writers.attach(child)
         self.state.update(status="running", child_pid=child.pid)
 
+        timed_out = False
         try:
-            self._wait(child.exited, heartbeat)
+            self._wait(child.exited, heartbeat, deadline)
+        except TimedOut:
+            # Stopped like a cancel, but starting with SIGTERM: the limit is the job's own,
+            # and what it checkpointed before still goes up below (a retry resumes from it).
+            log.warning("the job ran past its timeout; stopping it",
+                        extra={"timeout_s": plan.timeout_s})
+            timed_out = True
+            child.stop(self.config.kill_grace, signal.SIGTERM)
         except JobLost:
             child.stop(self.config.kill_grace, signal.SIGINT)
             for syncer in syncers:
@@ -295,6 +341,9 @@ class Worker:
                 during_errors[f"{syncer.rule.local_dir}/{rel}"] = error
         if heartbeat.lost.is_set():
             raise JobLost()
+        if timed_out:
+            self._report_failed(plan.job_id, exit_code, "timed out")
+            return
         if exit_code != 0:
             self._report_failed(plan.job_id, exit_code, f"command exited with {exit_code}")
             return
@@ -308,10 +357,28 @@ class Worker:
             raise JobLost()
         if during_errors or after_failed:
             failed = list(during_errors) + after_failed
-            self._report_failed(plan.job_id, 0, f"upload failed for {len(failed)} file(s), "
-                                f"e.g. {failed[0]}")
+            reason = f"upload failed for {len(failed)} file(s), e.g. {failed[0]}"
+            node = self._node_problem()
+            if node:
+                self._report_failed(plan.job_id, 0, f"{node}; {reason}", kind="node")
+            else:
+                self._report_failed(plan.job_id, 0, reason)
             return
         self._report_completed(plan.job_id)
+
+    def _node_problem(self, error: BaseException | None = None) -> str | None:
+        """Whether a failed transfer is this node's fault: the error itself says so, or the
+        storage or the work directory fails the same check as before the first claim."""
+        return (blame.node_fault(error)
+                or (blame.storage_problem(self.storage.client) if self.storage.configured
+                    else None)
+                or blame.work_dir_problem(self.config.work_dir))
+
+    def preflight(self) -> str | None:
+        """Before the first claim: one line saying why this node cannot run jobs, or None."""
+        return (blame.work_dir_problem(self.config.work_dir)
+                or (blame.storage_problem(self.storage.client) if self.storage.configured
+                    else None))
 
     def _download(self, plan: JobPlan, result: Future, cancel: threading.Event) -> None:
         known: dict = {}
@@ -381,21 +448,39 @@ class Worker:
 
     def _report_completed(self, job_id: str) -> None:
         try:
-            self.client.report_completed(job_id)
-            log.info("reported completed")
+            answer = self.client.report_completed(job_id)
+            if answer.get("recorded") is False:
+                _log_not_ours(answer)
+            else:
+                log.info("reported completed")
         except ApiError as error:
             log.warning("completion not accepted", extra={"status": error.status,
                                                           "body": error.body})
         except ApiUnavailable as error:
             log.error("could not report completion", extra={"error": str(error)})
 
-    def _report_failed(self, job_id: str, exit_code: int | None, reason: str) -> None:
-        self.failures_here += 1
+    def _report_failed(self, job_id: str, exit_code: int | None, reason: str,
+                       kind: str = "job") -> None:
+        if kind == "node":
+            self.node_failures += 1
+        else:
+            self.failures_here += 1
         try:
-            self.client.report_failed(job_id, exit_code, reason)
-            log.info("reported failed", extra={"exit_code": exit_code, "reason": reason})
+            answer = self.client.report_failed(job_id, exit_code, reason, kind)
+            if answer.get("recorded") is False:
+                _log_not_ours(answer)
+            else:
+                log.info("reported failed", extra={"exit_code": exit_code, "reason": reason,
+                                                   "kind": kind})
         except ApiError as error:
             log.warning("failure not accepted", extra={"status": error.status,
                                                        "body": error.body})
         except ApiUnavailable as error:
             log.error("could not report failure", extra={"error": str(error)})
+
+
+def _log_not_ours(answer: dict) -> None:
+    """A 2xx with recorded false: the report came late (canceled, reclaimed or already
+    final) and the API changed nothing. Nothing to do but say so."""
+    log.info("the job was no longer ours; the report changed nothing",
+             extra={"status": answer.get("status"), "answer": answer.get("message")})
