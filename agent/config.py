@@ -50,6 +50,12 @@ SETTINGS: list[Setting] = [
             "(polls and heartbeats simply try again later)."),
     Setting(("MAX_JOB_FAILURES",), "3",
             "Failed jobs on this node after which the agent asks IMDS to reallocate it and exits."),
+    Setting(("KELPIE_MAX_AUTH_FAILURES",), "10",
+            "Consecutive polls the API refuses (401, 403, 404: wrong key, URL or identity) "
+            "after which the agent exits non-zero with the reason. Between them it waits twice "
+            "as long each time, up to KELPIE_AUTH_BACKOFF_MAX_S."),
+    Setting(("KELPIE_AUTH_BACKOFF_MAX_S",), "300",
+            "Longest wait between two polls the API refused."),
     Setting(("MAX_TIME_WITH_NO_WORK_S",), "0",
             "Idle seconds after which the agent asks IMDS to reallocate the node and exits "
             "(0: never)."),
@@ -128,6 +134,8 @@ class Config:
     idle_poll_interval: float
     max_retries: int
     max_job_failures: int
+    max_auth_failures: int
+    auth_backoff_max: float
     max_time_with_no_work: float
     recreate_between_jobs: bool
     state_file: Path | None
@@ -237,6 +245,8 @@ def load(environ: dict | None = None) -> Config:
         idle_poll_interval=_number(env, "HEARTBEAT_INTERVAL_S", 10, minimum=0.01),
         max_retries=_number(env, "MAX_RETRIES", 5, int, minimum=1),
         max_job_failures=_number(env, "MAX_JOB_FAILURES", 3, int, minimum=1),
+        max_auth_failures=_number(env, "KELPIE_MAX_AUTH_FAILURES", 10, int, minimum=1),
+        auth_backoff_max=_number(env, "KELPIE_AUTH_BACKOFF_MAX_S", 300, minimum=0.01),
         max_time_with_no_work=_number(env, "MAX_TIME_WITH_NO_WORK_S", 0),
         recreate_between_jobs=_bool(env, "KELPIE_RECREATE_BETWEEN_JOBS", False),
         state_file=Path(state_file) if state_file else None,

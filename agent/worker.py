@@ -24,6 +24,9 @@ log = agent_log.get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_NODE_UNUSABLE = 3  # storage or work directory unusable, before or between jobs
+EXIT_REFUSED = 4  # the API kept refusing our polls (wrong key, URL or identity)
+# Poll answers that no retry will change: credentials, permissions, or the wrong URL.
+PERMANENT_REFUSALS = (401, 403, 404)
 
 
 def _destination(rule) -> tuple:
@@ -114,6 +117,8 @@ class Worker:
         self.client = ApiClient(config, self.imds, stop=self.shutdown)
         self.state = StateFile(config.state_file, config.machine_id)
         self.storage = Storage(config, listener=self.state)
+        self.refusals = 0  # consecutive polls answered 401/403/404
+        self.last_refusal = ""
         self.failures_here = 0  # the jobs' own failures here (MAX_JOB_FAILURES: reallocate)
         self.node_failures = 0  # this node's failures (MAX_JOB_FAILURES: exit non-zero)
         self.jobs_run = 0
@@ -170,7 +175,13 @@ class Worker:
                              extra={"idle_s": round(idle, 1)})
                     self.imds.reallocate("no work")
                     return EXIT_OK
-                self.shutdown.wait(self.config.idle_poll_interval)
+                if self.refusals >= self.config.max_auth_failures:
+                    reason = (f"the API refused {self.refusals} polls in a row, last: "
+                              f"{self.last_refusal}")
+                    log.error(reason)
+                    print(f"kelpie: giving up: {reason}", file=sys.stderr, flush=True)
+                    return EXIT_REFUSED
+                self.shutdown.wait(self._poll_pause())
             return EXIT_OK
         finally:
             log.info("agent stopping")
@@ -178,12 +189,26 @@ class Worker:
             self.state.close()
             self.storage.close()
 
+    def _poll_pause(self) -> float:
+        """The idle interval; after refusals, twice as long each time, up to the cap: a
+        wrong key must not hammer the API at full rate."""
+        if not self.refusals:
+            return self.config.idle_poll_interval
+        return min(self.config.auth_backoff_max,
+                   self.config.idle_poll_interval * 2 ** self.refusals)
+
     def _poll(self) -> dict | None:
         try:
-            return self.client.poll_work()
+            job = self.client.poll_work()
+            self.refusals = 0
+            return job
         except ApiError as error:
             log.error("the API refused our poll for work",
                       extra={"status": error.status, "body": error.body})
+            if error.status in PERMANENT_REFUSALS:
+                self.refusals += 1
+                message = error.body.get("message") if isinstance(error.body, dict) else None
+                self.last_refusal = f"{error.status} {message or error.body}"
         except ApiUnavailable as error:
             if not self.shutdown.is_set():
                 log.warning("cannot reach the API; will poll again", extra={"error": str(error)})
