@@ -76,7 +76,13 @@ class Heartbeat:
         # Nothing may end this thread while the job runs: without heartbeats the lease runs
         # out and the job moves to another machine while this one still works on it. Any
         # surprise is logged and the rhythm kept.
-        while not self.stop_event.wait(self.interval):
+        # Fixed rate: each beat is due one interval after the previous one STARTED, so a slow
+        # answer does not push the next beat later (the lease is counted from the last beat
+        # that arrived). A beat that overran its slot is followed at once, never by a burst.
+        due = time.monotonic() + self.interval
+        while not self.stop_event.wait(max(0.0, due - time.monotonic())):
+            started = time.monotonic()
+            due = max(due + self.interval, started)
             try:
                 if self._beat():
                     return

@@ -7,6 +7,7 @@ from a script the test changes as it goes.
 """
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -103,3 +104,37 @@ def test_server_errors_and_refusals_keep_the_rhythm(api, heartbeat):
         assert heartbeat.thread.is_alive() and not heartbeat.lost.is_set()
     api.answer = (409, {"error": "conflict"})
     wait_until(heartbeat.lost.is_set, timeout=20)
+
+
+class SlowApi(HeartbeatApi):
+    """Takes `delay` seconds over each answer, and notes when each heartbeat arrived."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+        self.arrivals: list[float] = []
+
+    def respond(self, request):
+        self.arrivals.append(time.monotonic())
+        time.sleep(self.delay)  # the slow server itself, not a wait in the test
+        return super().respond(request)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7], ids=["slower-than-half", "slower-than-interval"])
+def test_heartbeats_keep_a_fixed_rate_behind_a_slow_api(make_config, imds, delay):
+    interval = 0.5
+    with SlowApi(delay) as api:
+        config = make_config(KELPIE_API_URL=api.url, MAX_RETRIES="1")
+        worker = SimpleNamespace(client=ApiClient(config, Imds(imds.url)), imds=Imds(imds.url))
+        beat = Heartbeat(worker, "job-1", interval=interval)
+        beat.start()
+        try:
+            api.beats_after(0, more=6)
+        finally:
+            beat.stop()
+    gaps = sorted(b - a for a, b in zip(api.arrivals, api.arrivals[1:], strict=False))
+    median = gaps[len(gaps) // 2]
+    # Spaced by interval + latency they would be 0.8 s and 1.2 s apart; on a fixed rate they
+    # are one interval apart, or right after the previous answer when it took longer.
+    expected = max(interval, delay)
+    assert expected - 0.05 <= median <= expected + 0.12, gaps
