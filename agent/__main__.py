@@ -47,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     agent_log.setup(config.log_level)
     # Imported here so --help and --version stay fast and need no S3 libraries.
-    from agent.worker import Worker
+    from agent import identity
+    from agent.imds import Imds
+    from agent.worker import EXIT_NODE_UNUSABLE, Worker
 
+    try:
+        config = identity.resolve(config, Imds(config.imds_url))
+    except identity.IdentityError as error:
+        print(f"kelpie: cannot start: {error}", file=sys.stderr)
+        return EXIT_NODE_UNUSABLE
     worker = Worker(config)
     worker.install_signal_handlers()
     return worker.run()
