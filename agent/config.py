@@ -38,10 +38,13 @@ SETTINGS: list[Setting] = [
             "organization named by the instance-metadata JWT."),
     Setting(("SALAD_PROJECT", "SALAD_PROJECT_NAME"), None,
             "Salad project, sent as Salad-Project (with SALAD_API_KEY or the IMDS JWT)."),
-    Setting(("SALAD_MACHINE_ID",), "<hostname>", "This node's machine id, sent with every call."),
+    Setting(("SALAD_MACHINE_ID",), "<hostname>",
+            "This node's machine id, sent with every call. With the instance token as the only "
+            "credential: the token's salad_machine_id (a different value here stops the agent)."),
     Setting(("SALAD_CONTAINER_GROUP_ID",), None,
             "Container group id; the agent only receives jobs of this group (none: jobs without "
-            "a group)."),
+            "a group). With the instance token as the only credential: the token's "
+            "salad_container_group_id (a different value here stops the agent)."),
     Setting(("HEARTBEAT_INTERVAL_S",), "10",
             "Seconds between polls for work while idle. While a job runs, heartbeats follow the "
             "job's own heartbeat_interval."),
@@ -49,7 +52,9 @@ SETTINGS: list[Setting] = [
             "Attempts for one API call or one object transfer before giving that attempt up "
             "(polls and heartbeats simply try again later)."),
     Setting(("MAX_JOB_FAILURES",), "3",
-            "Failed jobs on this node after which the agent asks IMDS to reallocate it and exits."),
+            "Failed jobs on this node after which the agent asks IMDS to reallocate it and exits; "
+            "also the node's own failures (storage, disk, work directory) after which it exits "
+            "with status 3."),
     Setting(("KELPIE_MAX_AUTH_FAILURES",), "10",
             "Consecutive polls the API refuses (401, 403, 404: wrong key, URL or identity) "
             "after which the agent exits non-zero with the reason. Between them it waits twice "
@@ -69,7 +74,8 @@ SETTINGS: list[Setting] = [
             "On SIGTERM/SIGINT: seconds for the child to exit and checkpoints to finish "
             "uploading before the agent exits anyway."),
     Setting(("KELPIE_KILL_GRACE_S",), "10",
-            "On cancel: seconds between SIGINT, SIGTERM and SIGKILL to the job's process group."),
+            "On cancel: seconds between SIGINT, SIGTERM and SIGKILL to the job's process group "
+            "(past a job's timeout_s: SIGTERM, then SIGKILL)."),
     Setting(("KELPIE_REPORT_TIMEOUT_S",), "600",
             "How long a completed/failed report keeps being retried through an API outage."),
     Setting(("KELPIE_WORK_DIR",), "<current directory>",
