@@ -164,8 +164,13 @@ class Worker:
                     if self.shutdown.is_set():
                         break
                     if self.node_failures >= self.config.max_job_failures:
+                        # Another machine may well do better: ask for one, and exit non-zero
+                        # so an operator (or the orchestrator) sees the node was broken.
+                        reason = f"{self.node_failures} node failures on this node"
                         log.error("this node failed too many jobs itself; exiting",
                                   extra={"node_failures": self.node_failures})
+                        self.imds.reallocate(reason)
+                        print(f"kelpie: giving up: {reason}", file=sys.stderr, flush=True)
                         return EXIT_NODE_UNUSABLE
                     if self.failures_here >= self.config.max_job_failures:
                         self.imds.reallocate(
@@ -352,6 +357,7 @@ class Worker:
             log.warning("the job ran past its timeout; stopping it",
                         extra={"timeout_s": plan.timeout_s})
             timed_out = True
+            writers.note_signal(signal.SIGTERM)  # a save torn by the stop is not uploaded
             child.stop(self.config.kill_grace, signal.SIGTERM)
         except JobLost:
             child.stop(self.config.kill_grace, signal.SIGINT)

@@ -39,7 +39,7 @@ def test_an_agent_with_wrong_storage_credentials_refuses_to_start(jobs, agents, 
 
 
 def test_storage_lost_after_start_is_the_nodes_failure_not_the_jobs(jobs, agents, bucket,
-                                                                     seaweed):
+                                                                     seaweed, imds):
     endpoint = urlparse(seaweed.endpoint)
     relay = TcpRelay(endpoint.hostname, endpoint.port)
     bad = agents("machine-cut", MAX_JOB_FAILURES="1", MAX_RETRIES="2",
@@ -50,6 +50,8 @@ def test_storage_lost_after_start_is_the_nodes_failure_not_the_jobs(jobs, agents
     job = _good_job(jobs, bucket, "cut")
 
     assert bad.process.wait(timeout=90) == EXIT_NODE_UNUSABLE
+    assert imds.reallocations == ["1 node failures on this node"]
+    assert "kelpie: giving up: 1 node failures on this node" in bad.output()
     after = jobs.get(job["id"])
     assert after["status"] == "pending" and after["num_failures"] == 0, after
     _, history = jobs.api.request("GET", f"/jobs/{job['id']}/events", key=jobs.key)
