@@ -51,10 +51,13 @@ def submit_once(principal: Principal, key: str, request_hash: str, specs: list[d
         stored = _find(principal.user_id, project, key, now)
         if stored is None:
             p = "%s" if db.is_postgres() else "?"
-            # An expired answer gives way to the new one.
+            # An expired answer gives way to the new one. Only an expired one: a concurrent
+            # request's answer, committed after our look above, must survive this statement
+            # (it sees rows committed since), or both requests would create jobs.
             IdempotencyKey.delete().where(
                 IdempotencyKey.user_id == principal.user_id, IdempotencyKey.project == project,
-                IdempotencyKey.idempotency_key == key).execute()
+                IdempotencyKey.idempotency_key == key,
+                IdempotencyKey.created <= now - KEY_LIFETIME).execute()
             # Claim the key first. On PostgreSQL a concurrent request with the same key waits
             # here for ours to commit, then inserts nothing and replays our answer.
             cursor = db.database.execute_sql(

@@ -131,3 +131,44 @@ def test_openapi_documents_the_header(api):
     for path in ("/jobs", "/jobs/batch"):
         names = [parameter["name"] for parameter in spec["paths"][path]["post"]["parameters"]]
         assert "Idempotency-Key" in names
+
+
+@pytest.fixture
+def database(database_url):
+    from api import db
+    from api.app import prepare_database
+    from api.config import Settings
+
+    prepare_database(Settings(database_url=database_url, admin_key="a" * 32))
+    with db.database.connection_context():
+        yield
+    db.close()
+
+
+def test_an_answer_committed_after_our_look_is_replayed_not_replaced(database, monkeypatch):
+    """The interleaving the race test above meets only sometimes, made certain: a second
+    request looks for the key before the first one's answer is committed, and writes after it
+    is. It must replay that answer; deleting it as "expired" and claiming the key anew made a
+    second job (seen on PostgreSQL in CI)."""
+    from api import idempotency, jobspec, serialize, users
+    from api.config import Settings
+    from api.models import Job
+    from api.principal import Principal
+
+    user, _ = users.create("idem-interleave")
+    principal = Principal(user_id=user.id)
+    spec = jobspec.parse_job(sync_job(container_group_id="idem-interleave"), Settings())
+    render = lambda jobs: (202, serialize.job(jobs[0]))  # noqa: E731 - as the route renders
+    status, body, replayed = idempotency.submit_once(principal, "k", "h", [spec], render)
+    assert (status, replayed) == (202, False)
+
+    real_find, looks = idempotency._find, []
+
+    def looked_too_early(*args):
+        looks.append(args)
+        return None if len(looks) == 1 else real_find(*args)
+
+    monkeypatch.setattr(idempotency, "_find", looked_too_early)
+    again = idempotency.submit_once(principal, "k", "h", [spec], render)
+    assert again == (202, body, True)
+    assert Job.select().where(Job.container_group_id == "idem-interleave").count() == 1
