@@ -115,7 +115,7 @@ class ApiClient:
                 response = self.http.request(method, url, body=data, headers=headers,
                                              **bounded)
                 status = response.status
-                payload = _decode(response.data)
+                payload = decode_body(response.data)
                 if status < 400:
                     return status, payload
                 if status in (401, 403) and self._jwt and not refreshed_jwt:
@@ -211,7 +211,8 @@ def jwt_renew_time(jwt: str) -> float | None:
     return expires - min(60.0, max(0.0, expires - issued) / 5)
 
 
-def _decode(raw: bytes):
+def decode_body(raw: bytes):
+    """An answer's body: its JSON, or the start of its text when it is not JSON."""
     if not raw:
         return None
     try:

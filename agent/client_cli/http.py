@@ -10,6 +10,7 @@ import time
 
 import urllib3
 
+from agent.client import decode_body
 from agent.client_cli.errors import Refused, Unreachable
 from agent.config import ClientConfig
 from agent.version import __version__
@@ -50,7 +51,7 @@ class Api:
                     continue
                 raise Unreachable(f"{method} {path}: {problem} (the request may or may not "
                                   "have been applied)") from None
-            payload = _decode(response.data)
+            payload = decode_body(response.data)
             if response.status < 400:
                 return payload
             if response.status < 500 and response.status != 429:
@@ -64,15 +65,6 @@ class Api:
 def _reason(error: Exception) -> str:
     reason = getattr(error, "reason", None)
     return str(reason or error)
-
-
-def _decode(raw: bytes):
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace")[:500]
 
 
 def _short(payload) -> str:
