@@ -7,7 +7,7 @@ PODMAN ?= podman
 # Made by build/python_base_image.sh for make test-api-image; removed by make clean.
 PYTHON_BASE_IMAGE := localhost/kelpie-python-base:3.11-bookworm
 
-.PHONY: install test test-api-image torture lint run demo local bench build-agent \
+.PHONY: install test test-api-image torture soak lint run demo local bench idle-fleet build-agent \
   container-tools browser-tools clean
 
 install: $(STAMP)
@@ -37,6 +37,21 @@ torture: install
 	KELPIE_TORTURE_KILLS_PER_STYLE=$(TORTURE_KILLS_PER_STYLE) $(BIN)/python -m pytest -q -s \
 	  -o timeout=7200 --basetemp=$${TMPDIR:-/tmp}/kelpie-torture tests/torture $(PYTEST_ARGS)
 
+# The chaos soak at full size: 300 checkpointing jobs from 3 tenants on 12 agents, 2 API
+# processes, its own PostgreSQL cluster, SeaweedFS, and a seeded schedule of faults over ten
+# minutes (tests/soak/test_soak.py). `make test` runs it bounded (60 jobs, 6 agents, 1 minute of
+# faults). It prints the seed and the replay command (KELPIE_SOAK_SEED=...) and its figures; the
+# logs stay in $TMPDIR/kelpie-soak-* when it fails.
+SOAK_JOBS ?= 300
+SOAK_AGENTS ?= 12
+SOAK_WINDOW_S ?= 600
+soak: install
+	KELPIE_SOAK_JOBS=$(SOAK_JOBS) KELPIE_SOAK_AGENTS=$(SOAK_AGENTS) \
+	  KELPIE_SOAK_WINDOW_S=$(SOAK_WINDOW_S) KELPIE_SOAK_MAX_STEPS=$${KELPIE_SOAK_MAX_STEPS:-120} \
+	  KELPIE_SOAK_SLOW_S=$${KELPIE_SOAK_SLOW_S:-30} KELPIE_SOAK_TIMEOUT_S=$${KELPIE_SOAK_TIMEOUT_S:-5400} \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+	  --basetemp=$${TMPDIR:-/tmp}/kelpie-soak-pytest tests/soak $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -52,6 +67,11 @@ local: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Issue 12's idle fleet alone: 10,000 long-polling agents against 2 API processes on PostgreSQL
+# (bench/bench_fleet.py; `make bench` runs it too). KELPIE_BENCH_FLEET_AGENTS=N for another size.
+idle-fleet: install
+	$(BIN)/python -m bench fleet
 
 build-agent:
 	bash build/build_agent.sh

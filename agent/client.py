@@ -35,6 +35,11 @@ class ApiUnavailable(Exception):
     """No usable answer after every attempt (connection errors, timeouts, 5xx)."""
 
 
+# Beyond the `wait` it asked for, how long a long poll may take to be answered before it counts
+# as a failed call (and is retried like any other).
+POLL_TIMEOUT_MARGIN_S = 15.0
+
+
 class ApiClient:
     def __init__(self, config: Config, imds: Imds, stop: threading.Event | None = None):
         self.config = config
@@ -145,11 +150,17 @@ class ApiClient:
         return {"machine_id": self.config.machine_id,
                 "container_group_id": self.config.container_group_id}
 
-    def poll_work(self) -> dict | None:
+    def poll_work(self, wait: float = 0) -> dict | None:
+        """The next job, or None. `wait` > 0 asks the API to hold the poll up to that many
+        seconds until a job arrives (a server that does not know `wait` answers at once)."""
         query = {"machine_id": self.config.machine_id}
         if self.config.container_group_id:
             query["container_group_id"] = self.config.container_group_id
-        _, body = self.request("GET", "/work?" + urlencode(query))
+        timeout = None
+        if wait > 0:
+            query["wait"] = f"{wait:g}"
+            timeout = wait + POLL_TIMEOUT_MARGIN_S  # the hold, plus the usual time to answer
+        _, body = self.request("GET", "/work?" + urlencode(query), timeout=timeout)
         if isinstance(body, list) and body:
             return body[0]
         if isinstance(body, dict) and body.get("id"):  # tolerate a bare job object

@@ -18,8 +18,11 @@ log = get_logger(__name__)
 
 
 class ChildProcess:
-    def __init__(self, command: str, arguments: list[str], env: dict[str, str], cwd: Path):
+    def __init__(self, command: str, arguments: list[str], env: dict[str, str], cwd: Path,
+                 on_exit=lambda: None):
+        """`on_exit()` is called (from the reaper thread) once the child has exited."""
         self.argv = [command, *arguments]
+        self.on_exit = on_exit
         self.env = env
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
@@ -38,6 +41,7 @@ class ChildProcess:
         code = self.process.wait()
         self._record_exit(code)
         self.exited.set()
+        self.on_exit()
 
     def _record_exit(self, code: int) -> None:
         with self._exit_lock:

@@ -12,10 +12,13 @@ half the throughput, so transfers are now plain requests on our own pools (see
 docs/agent.md, "Storage").
 """
 
+import contextlib
 import gzip
 import os
+import stat
 import threading
 import time
+import xml.etree.ElementTree as ElementTree
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,7 @@ from botocore.exceptions import ClientError
 from agent import commits, retry
 from agent import log as agent_log
 from agent.config import Config
-from agent.paths import GZIP_SUFFIX, SyncRule, UnsafeKey
+from agent.paths import GZIP_SUFFIX, SyncRule, UnsafeKey, check_relative, safe_join
 from agent.s3fast import FastS3, S3RequestError
 
 log = agent_log.get_logger(__name__)
@@ -39,6 +42,9 @@ PROGRESS_EVERY_S = 2.0
 READ_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".kelpie-partial"
 MAX_PARTS = 10000  # S3's limit on parts per multipart upload
+# Keys in the first listing page of a download; later pages take the store's maximum.
+FIRST_PAGE_KEYS = 100
+LIST_PAGE_KEYS = 1000
 # Small PUTs on the lean path hold the file in memory: cap it so 32 of them stay modest.
 FAST_PUT_MAX_BYTES = 4 * 1024 * 1024
 
@@ -107,6 +113,46 @@ class StableReader:
         return self._file.tell()
 
 
+def _create_partial(partial: str) -> int:
+    """A new, empty partial file, opened for writing. O_EXCL: never a file (or a symlink
+    planted under that name) that already exists, so the bytes go into a file of our own;
+    a partial file left by an interrupted run is removed and created afresh."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(partial, flags, 0o666)  # 0o666 & ~umask, as open() would
+    except FileExistsError:
+        os.unlink(partial)
+        return os.open(partial, flags, 0o666)
+
+
+def _path_under(root: str, rel: str) -> str:
+    """The real path of `rel` under the real directory `root`, as paths.safe_join judges it
+    (UnsafeKey for anything that would land outside), for one lstat per component of `rel`
+    instead of resolving every component of root and path again for each of hundreds of
+    files: a component that is a symlink sends the path to safe_join itself."""
+    check_relative(rel)
+    path = root
+    for part in rel.split("/"):
+        path = f"{path}/{part}"
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return str(safe_join(Path(root), rel))
+        except OSError:
+            # Not there (yet), or below something that is not a directory: as realpath
+            # does, the rest of the path is taken as it is written.
+            return root + "/" + rel
+    return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a regular file takes it in one call)."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
 def _precondition_failed(error: Exception) -> bool:
     if isinstance(error, S3RequestError):
         return error.status == 412
@@ -165,8 +211,10 @@ def _fast_client(config: Config, session) -> FastS3 | None:
 class GzipReader:
     """A read()-only file object: the gzip stream of a file, compressed as it is read."""
 
-    def __init__(self, path: Path, level: int = 6):
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close(), after the upload
+    def __init__(self, source, level: int = 6):
+        # A path (opened and closed here) or a file the caller opened and closes itself.
+        self._owned = not hasattr(source, "read")
+        self._file = open(source, "rb") if self._owned else source  # noqa: SIM115
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container
         self._buffer = bytearray()
         self._eof = False
@@ -189,7 +237,8 @@ class GzipReader:
         return self._file.fileno()
 
     def close(self) -> None:
-        self._file.close()
+        if self._owned:
+            self._file.close()
 
 
 class _Progress:
@@ -241,9 +290,35 @@ class Storage:
     # --- listing and deleting ---
 
     def list_objects(self, bucket: str, prefix: str) -> Iterable[dict]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            yield from page.get("Contents", [])
+        """Every object under `prefix`, yielded page by page as the pages arrive. The first
+        page is small: a store takes time in proportion to the keys it lists, and a restore
+        starts downloading the first objects while the rest is being listed (see
+        docs/agent.md, "Where the time goes")."""
+        max_keys, token = FIRST_PAGE_KEYS, None
+        while True:
+            objects, token = self._list_page(bucket, prefix, max_keys, token)
+            yield from objects
+            if not token:
+                return
+            max_keys = LIST_PAGE_KEYS
+
+    def _list_page(self, bucket: str, prefix: str, max_keys: int,
+                   token: str | None) -> tuple[list[dict], str | None]:
+        """One page: through the lean client where there is one (a tenth of botocore's CPU),
+        else, or if the lean answer is an error, through botocore, whose ClientError names
+        the S3 error code that agent.blame judges (AccessDenied on a bucket is the job's
+        problem, a refused signature the node's)."""
+        if self.fast is not None:
+            try:
+                return self.fast.list_page(bucket, prefix, max_keys, token)
+            except (S3RequestError, ElementTree.ParseError):
+                pass  # asked again below, so the error raised is botocore's
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = self.client.list_objects_v2(**kwargs)
+        token = page.get("NextContinuationToken")
+        return page.get("Contents", []), (token if page.get("IsTruncated") and token else None)
 
     def delete(self, rule: SyncRule, rel: str) -> None:
         key = rule.key_for(rel)
@@ -333,46 +408,56 @@ class Storage:
         """
         cancel = cancel or threading.Event()
         rule.local_dir.mkdir(parents=True, exist_ok=True)
-        plans = []
-        for obj in self._committed_objects(rule, list(self.list_objects(rule.bucket,
-                                                                         rule.prefix))):
-            key = obj["Key"]
-            if key.endswith("/"):
-                continue  # a "directory" marker object
-            try:
-                rel = rule.rel_for_key(key)
-                maybe_compressed = rule.compression and rel.endswith(GZIP_SUFFIX)
-                local_rel = rel[: -len(GZIP_SUFFIX)] if maybe_compressed else rel
-                if not rule.matches(local_rel):
-                    continue
-                path = rule.local_path(local_rel)
-            except UnsafeKey as error:
-                log.error("refused an object key that would land outside its directory",
-                          extra={"bucket": rule.bucket, "key": key, "reason": str(error)})
-                continue
-            plans.append((key, obj.get("Size"), local_rel, path, maybe_compressed,
-                          obj.get("ETag")))
+        # Resolved once: every file's path is judged against it (_plan).
+        root = os.path.realpath(rule.local_dir)
+        made: set[str] = {root}
+        # Set if the listing fails after downloads began: they stop before we raise, so no
+        # thread still writes into a directory the caller may clean up next.
+        halted = threading.Event()
+        stop = _Either(cancel, halted)
+
+        def start(plan) -> object:
+            key, size, local_rel, path, maybe_compressed, etag = plan
+            parent = os.path.dirname(path)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            self.listener.started("download", rule.bucket, key, size)
+            if maybe_compressed or size is None or size < self.threshold:
+                return agent_log.submit(self.pool, self._get_to_file, rule, key, path,
+                                        maybe_compressed, etag, stop, local_rel)
+            return agent_log.submit(self.pool, self._get_in_parts,
+                                    rule, key, path, size, etag, stop, local_rel)
+
+        # Top-level files are single objects, complete by themselves: each starts as soon as
+        # its listing page is in, while later pages are still being listed. Files of a
+        # checkpoint directory wait for the whole listing, which says which units are
+        # committed (their markers).
+        futures = {}
+        in_units = []
+        try:
+            for obj in self.list_objects(rule.bucket, rule.prefix):
+                if cancel.is_set():
+                    break
+                rel = obj["Key"][len(rule.prefix):]
+                if commits.unit_of(rel) is not None:
+                    in_units.append(obj)
+                elif not commits.is_marker(rel) and (plan := self._plan(rule, obj, root)) is not None:
+                    futures[start(plan)] = plan
+            if not cancel.is_set():
+                for obj in self._committed_objects(rule, in_units):
+                    if (plan := self._plan(rule, obj, root)) is not None:
+                        futures[start(plan)] = plan
+        except BaseException:
+            halted.set()
+            for future, plan in futures.items():
+                if not future.cancel():
+                    future.exception()  # wait: it stops at its next chunk
+                self.listener.finished("download", rule.bucket, plan[0])
+            raise
         fingerprints: dict[str, Fingerprint] = {}
-        pending = list(plans)
         last_error: Exception | None = None  # kept as the cause, so agent.blame can judge it
         for attempt in range(1, self.config.max_retries + 1):
-            if cancel.is_set():
-                raise DownloadCanceled()
-            futures = {}
-            made: set[Path] = set()
-            for plan in pending:
-                key, size, _, path, maybe_compressed, etag = plan
-                if path.parent not in made:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(path.parent)
-                self.listener.started("download", rule.bucket, key, size)
-                if maybe_compressed or size is None or size < self.threshold:
-                    future = agent_log.submit(self.pool, self._get_to_file,
-                                              rule, key, path, maybe_compressed, etag, cancel)
-                else:
-                    future = agent_log.submit(self.pool, self._get_in_parts,
-                                              rule, key, path, size, etag, cancel)
-                futures[future] = plan
             failed = []
             canceled = False
             for future, plan in futures.items():
@@ -401,30 +486,53 @@ class Storage:
                 finally:
                     self.listener.finished("download", rule.bucket, key)
                 fingerprints[written[0]] = written[2]
-            if canceled or cancel.is_set():
+            if canceled or stop.is_set():
                 raise DownloadCanceled()
             if not failed:
                 break
-            pending = failed
             if attempt == self.config.max_retries:
                 raise TransferFailed(
                     f"{len(failed)} object(s) under s3://{rule.bucket}/{rule.prefix} failed to "
                     f"download, e.g. {failed[0][0]}") from last_error
             retry.sleep(retry.backoff_delay(attempt))
+            if cancel.is_set():
+                raise DownloadCanceled()
+            futures = {start(plan): plan for plan in failed}
         log.info("downloaded", extra={"bucket": rule.bucket, "prefix": rule.prefix,
                                       "files": len(fingerprints), "local_dir": str(rule.local_dir)})
         return fingerprints
 
+    def _plan(self, rule: SyncRule, obj: dict, root: str) -> tuple | None:
+        """What downloading one listed object takes, or None for an object not to download:
+        a "directory" marker, a file the pattern leaves out, an unsafe key (logged). `root`
+        is the real path of the rule's directory."""
+        key = obj["Key"]
+        if key.endswith("/"):
+            return None  # a "directory" marker object
+        try:
+            rel = rule.rel_for_key(key)
+            maybe_compressed = rule.compression and rel.endswith(GZIP_SUFFIX)
+            local_rel = rel[: -len(GZIP_SUFFIX)] if maybe_compressed else rel
+            if not rule.matches(local_rel):
+                return None
+            path = _path_under(root, local_rel)
+        except UnsafeKey as error:
+            log.error("refused an object key that would land outside its directory",
+                      extra={"bucket": rule.bucket, "key": key, "reason": str(error)})
+            return None
+        return key, obj.get("Size"), local_rel, path, maybe_compressed, obj.get("ETag")
+
     def _open(self, bucket: str, key: str, etag: str | None,
               byte_range: tuple[int, int] | None = None):
-        """A streaming GET pinned to `etag`: (read, done, content encoding). Raises
-        ObjectChanged if the object no longer has that ETag (a 412, or, from a store that
-        ignores If-Match, a different ETag in the answer)."""
+        """A streaming GET pinned to `etag`: (read, done, content encoding, body length or
+        None). Raises ObjectChanged if the object no longer has that ETag (a 412, or, from a
+        store that ignores If-Match, a different ETag in the answer)."""
         try:
             if self.fast is not None:
                 response = self.fast.get(bucket, key, byte_range, if_match=etag)
                 answer_etag = response.headers.get("ETag")
                 encoding = response.headers.get("Content-Encoding", "")
+                length = response.headers.get("Content-Length")
                 read, done = response.read, response.release_conn
             else:
                 extra = {"IfMatch": etag} if etag else {}
@@ -433,6 +541,7 @@ class Storage:
                 answer = self.client.get_object(Bucket=bucket, Key=key, **extra)
                 answer_etag = answer.get("ETag")
                 encoding = answer.get("ContentEncoding", "")
+                length = answer.get("ContentLength")
                 read, done = answer["Body"].read, answer["Body"].close
         except Exception as error:
             if _precondition_failed(error):
@@ -441,49 +550,81 @@ class Storage:
         if etag and answer_etag and answer_etag.strip('"') != etag.strip('"'):
             done()
             raise ObjectChanged(key)
-        return read, done, encoding
+        return read, done, encoding, (int(length) if length is not None else None)
 
-    def _get_to_file(self, rule: SyncRule, key: str, path: Path, maybe_compressed: bool,
-                     etag: str | None = None, cancel: threading.Event | None = None):
+    def _get_to_file(self, rule: SyncRule, key: str, path: str, maybe_compressed: bool,
+                     etag: str | None = None, cancel: threading.Event | None = None,
+                     local_rel: str | None = None):
         """One streaming GET into `path` (through a partial file renamed into place, so a
         reader never sees half a file). A gzip-encoded .gz object of a compressed job is
         decompressed under the name without .gz; any other object is written as it is.
-        Returns (rel, path, fingerprint)."""
+        Returns (rel, path, fingerprint); `local_rel` is the rel of `path` if the caller knows
+        it.
+
+        Per file this is one GET, one os.open, one os.write per chunk, one fstat and one
+        rename: Python file objects, a 1 MiB read buffer per small body and resolving the
+        path again cost more CPU than the HTTP exchange itself on hundreds of small files
+        (see docs/agent.md, "Where the time goes")."""
         if cancel is not None and cancel.is_set():
             raise DownloadCanceled()
-        read, done, encoding = self._open(rule.bucket, key, etag)
+        read, done, encoding, length = self._open(rule.bucket, key, etag)
         decompressor = None
-        rel = None
         if maybe_compressed:
             if encoding.lower() == "gzip":
                 decompressor = zlib.decompressobj(47)  # 47: gzip or zlib header, detected
             else:
-                rel = rule.rel_for_key(key)
-                path = rule.local_path(rel)
-        partial = path.with_name(path.name + PARTIAL_SUFFIX)
+                # Stored as it is although named .gz: written under its own name.
+                local_rel = rule.rel_for_key(key)
+                path = str(rule.local_path(local_rel))
+        partial = path + PARTIAL_SUFFIX
         try:
-            with open(partial, "wb") as out:
-                for chunk in iter(lambda: read(READ_CHUNK), b""):
+            fd = _create_partial(partial)
+            try:
+                if length is not None and length <= READ_CHUNK:
+                    # A body no larger than one streaming chunk, read in one call of its
+                    # exact length: http.client's read(amt) allocates and zeroes a buffer of
+                    # `amt` bytes (1 MiB) for every call, however short the body.
+                    data = read()
+                    if len(data) != length:
+                        raise TransferFailed(f"{key}: got {len(data)} of {length} bytes")
                     if cancel is not None and cancel.is_set():
                         raise DownloadCanceled()
-                    out.write(decompressor.decompress(chunk) if decompressor else chunk)
-                if decompressor:
-                    out.write(decompressor.flush())
+                    if decompressor:
+                        _write_all(fd, decompressor.decompress(data))
+                        data = decompressor.flush()
+                    _write_all(fd, data)
+                else:
+                    while chunk := read(READ_CHUNK):
+                        if cancel is not None and cancel.is_set():
+                            raise DownloadCanceled()
+                        _write_all(fd, decompressor.decompress(chunk) if decompressor else chunk)
+                    if decompressor:
+                        _write_all(fd, decompressor.flush())
+                # The fingerprint of the file written, from its open descriptor: a rename
+                # keeps size, mtime and inode, and this saves resolving the path again.
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
             os.replace(partial, path)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
             raise
         finally:
             done()
-        return rel or rule.rel_for_path(path), path, Fingerprint.of(path)
+        if local_rel is None:
+            local_rel = rule.rel_for_path(Path(path))
+        return local_rel, path, Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino)
 
-    def _get_in_parts(self, rule: SyncRule, key: str, path: Path, size: int,
-                      etag: str | None = None, cancel: threading.Event | None = None):
+    def _get_in_parts(self, rule: SyncRule, key: str, path: str | Path, size: int,
+                      etag: str | None = None, cancel: threading.Event | None = None,
+                      local_rel: str | None = None):
         """A large object as parallel ranged GETs, each written in place with pwrite into a
         partial file of the right size, renamed into place once every part is in. Every
         range carries If-Match on one ETag (the listing's, else the first answer's), so the
         parts are all of one version of the object."""
         cancel = cancel or threading.Event()
+        path = Path(path)
         if etag is None:
             size, etag = self._current(rule.bucket, key)
         part_size = self.config.multipart_chunksize
@@ -510,9 +651,11 @@ class Storage:
             os.close(fd)
             partial.unlink(missing_ok=True)
             raise
+        st = os.fstat(fd)
         os.close(fd)
         os.replace(partial, path)
-        return rule.rel_for_path(path), path, Fingerprint.of(path)
+        return (local_rel or rule.rel_for_path(path), path,
+                Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino))
 
     def _get_range(self, bucket: str, key: str, fd: int, first: int, last: int,
                    progress: "_Progress", etag: str | None = None,
@@ -522,7 +665,7 @@ class Storage:
             try:
                 if cancel is not None and cancel.is_set():
                     raise DownloadCanceled()
-                read, done, _ = self._open(bucket, key, etag, (first, last))
+                read, done, _, _ = self._open(bucket, key, etag, (first, last))
                 try:
                     while chunk := read(READ_CHUNK):
                         if cancel is not None and cancel.is_set():
@@ -557,17 +700,17 @@ class Storage:
         """
         pending = list(rels)
         for attempt in range(1, self.config.max_retries + 1):
-            futures = {}
-            for rel in pending:
-                path = rule.local_path(rel)
-                fingerprint = Fingerprint.of(path)
-                if fingerprint is None:
-                    continue  # deleted meanwhile: nothing to upload
-                futures[self.upload_async(rule, rel, path, fingerprint.size)] = (rel, fingerprint)
+            # Everything per file (resolving the path, stat, open, read, sign, send) runs in
+            # the transfer pool: done here, one file after another, resolving and stat'ing
+            # 500 paths held back the first requests and competed for the GIL with the
+            # threads sending (see docs/agent.md, "Where the time goes").
+            futures = [(rel, self.upload_async(rule, rel)) for rel in pending]
             failed = []
-            for future, (rel, fingerprint) in futures.items():
+            for rel, future in futures:
                 try:
-                    future.result()
+                    fingerprint = future.result()
+                except UnsafeKey:
+                    raise  # a path leaving its directory: no retry makes it uploadable
                 except FileChanged:
                     if changed is not None:
                         changed.add(rel)
@@ -579,6 +722,8 @@ class Storage:
                                                         "error": str(error), "attempt": attempt})
                     failed.append(rel)
                     continue
+                if fingerprint is None:
+                    continue  # deleted meanwhile: nothing to upload
                 if on_done:
                     on_done(rel, fingerprint)
             if not failed:
@@ -588,46 +733,63 @@ class Storage:
                 retry.sleep(retry.backoff_delay(attempt))
         return pending
 
-    def upload_async(self, rule: SyncRule, rel: str, path: Path, size: int):
-        """Start one upload; returns a future whose result() raises on failure."""
-        key = rule.key_for(rel)
-        self.listener.started("upload", rule.bucket, key, size)
-        upload = self._put_small if size < self.threshold else self._put_multipart
-        future = agent_log.submit(self.pool, upload, rule, key, path)
-        return _Finishing(future, lambda: self.listener.finished("upload", rule.bucket, key))
+    def upload_async(self, rule: SyncRule, rel: str):
+        """Start one upload; returns a future whose result() is the fingerprint of the
+        version sent (None if the file was gone), and raises on failure."""
+        return agent_log.submit(self.pool, self._upload_one, rule, rel)
 
-    def _put_small(self, rule: SyncRule, key: str, path: Path) -> None:
+    def _upload_one(self, rule: SyncRule, rel: str) -> Fingerprint | None:
+        """Open the file once and upload that open file: its fingerprint is the fstat taken
+        before the first byte is read, so it describes exactly the version checked and sent
+        (a stat of the path beforehand cost a syscall and could see another inode)."""
+        key = rule.key_for(rel)
+        path = rule.local_path(rel)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, after the transfer
+        except FileNotFoundError:
+            return None
+        with f:
+            before = os.fstat(f.fileno())
+            self.listener.started("upload", rule.bucket, key, before.st_size)
+            try:
+                if before.st_size < self.threshold:
+                    self._put_small(rule, key, f, before)
+                else:
+                    self._put_multipart(rule, key, f, before)
+            finally:
+                self.listener.finished("upload", rule.bucket, key)
+        return Fingerprint(before.st_size, before.st_mtime_ns, before.st_ino)
+
+    def _put_small(self, rule: SyncRule, key: str, f, before: os.stat_result) -> None:
         """One PUT. The bytes sent must be one version of the file: read into memory and
         checked (lean path, compression), or streamed through StableReader."""
         encoding = "gzip" if rule.compression else None
-        with open(path, "rb") as f:
-            before = os.fstat(f.fileno())
-            if self.fast is not None and before.st_size <= FAST_PUT_MAX_BYTES:
-                data = f.read()
-                if len(data) != before.st_size or not _unchanged(f.fileno(), before):
-                    raise FileChanged(str(path))
-                if rule.compression:
-                    data = gzip.compress(data, compresslevel=6, mtime=0)
-                self.fast.put(rule.bucket, key, data, encoding)
-            elif not rule.compression:
-                self.client.put_object(Bucket=rule.bucket, Key=key,
-                                       Body=StableReader(f, before),
-                                       ContentLength=before.st_size)
-            else:
-                # Below the multipart threshold, so compressing in memory is bounded.
-                raw = f.read()
-                if len(raw) != before.st_size or not _unchanged(f.fileno(), before):
-                    raise FileChanged(str(path))
-                data = gzip.compress(raw, compresslevel=6, mtime=0)
-                self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
-                                       ContentEncoding="gzip")
+        if self.fast is not None and before.st_size <= FAST_PUT_MAX_BYTES:
+            data = f.read()
+            if len(data) != before.st_size or not _unchanged(f.fileno(), before):
+                raise FileChanged(f.name)
+            if rule.compression:
+                data = gzip.compress(data, compresslevel=6, mtime=0)
+            self.fast.put(rule.bucket, key, data, encoding)
+        elif not rule.compression:
+            self.client.put_object(Bucket=rule.bucket, Key=key,
+                                   Body=StableReader(f, before),
+                                   ContentLength=before.st_size)
+        else:
+            # Below the multipart threshold, so compressing in memory is bounded.
+            raw = f.read()
+            if len(raw) != before.st_size or not _unchanged(f.fileno(), before):
+                raise FileChanged(f.name)
+            data = gzip.compress(raw, compresslevel=6, mtime=0)
+            self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
+                                   ContentEncoding="gzip")
 
-    def _put_multipart(self, rule: SyncRule, key: str, path: Path) -> None:
+    def _put_multipart(self, rule: SyncRule, key: str, f, before: os.stat_result) -> None:
         """Multipart upload with parts in parallel. Parts are read in order by this thread
         (gzip-compressed on the way when the job asks for compression) and sent as plain bytes
         by the part pool, at most `part_concurrency` in flight, so memory stays bounded and
         each part goes out in one send rather than through a Python read loop."""
-        size = os.path.getsize(path)
+        size = before.st_size
         part_size = max(self.config.multipart_chunksize, -(-size // MAX_PARTS))
         extra = {"ContentEncoding": "gzip"} if rule.compression else {}
         upload_id = self.client.create_multipart_upload(
@@ -646,28 +808,23 @@ class Storage:
                 in_flight.release()
 
         try:
-            source = GzipReader(path) if rule.compression else open(path, "rb")  # noqa: SIM115
-            fd = source.fileno()
-            before = os.fstat(fd)
-            try:
-                number = 0
-                while True:
-                    data = source.read(part_size)
-                    if not data and number > 0:
-                        break
-                    number += 1
-                    in_flight.acquire()
-                    futures.append(agent_log.submit(self.part_pool, send, number, data))
-                    if len(data) < part_size:
-                        break
-                # Completing is what replaces the object: only if every part is of one
-                # version of the file (nothing wrote to it while we read it).
-                stable = _unchanged(fd, before)
-            finally:
-                source.close()
+            source = GzipReader(f) if rule.compression else f
+            number = 0
+            while True:
+                data = source.read(part_size)
+                if not data and number > 0:
+                    break
+                number += 1
+                in_flight.acquire()
+                futures.append(agent_log.submit(self.part_pool, send, number, data))
+                if len(data) < part_size:
+                    break
+            # Completing is what replaces the object: only if every part is of one
+            # version of the file (nothing wrote to it while we read it).
+            stable = _unchanged(f.fileno(), before)
             parts = [future.result() for future in futures]
             if not stable:
-                raise FileChanged(str(path))
+                raise FileChanged(f.name)
             self.client.complete_multipart_upload(
                 Bucket=rule.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts})
@@ -682,23 +839,11 @@ class Storage:
             raise
 
 
-class _Finishing:
-    """Wraps a transfer future so its clean-up runs exactly once when its result is taken."""
+class _Either:
+    """Set when either of two events is: the caller's cancel or our own halt."""
 
-    def __init__(self, future, finish):
-        self.future = future
-        self._finish = finish
-        self._lock = threading.Lock()
-        self._finished = False
+    def __init__(self, first: threading.Event, second: threading.Event):
+        self.first, self.second = first, second
 
-    def done(self) -> bool:
-        return self.future.done()
-
-    def result(self, timeout=None):
-        try:
-            return self.future.result()
-        finally:
-            with self._lock:
-                if not self._finished:
-                    self._finished = True
-                    self._finish()
+    def is_set(self) -> bool:
+        return self.first.is_set() or self.second.is_set()

@@ -13,6 +13,7 @@ from agent.client import ApiClient, ApiError, ApiUnavailable
 from agent.config import Config
 from agent.imds import DELETION_COST_UPLOADING, Imds
 from agent.jobs import JobDirectories, JobError, JobPlan, child_environment, plan_for, prepare_directories
+from agent.outcome import Completed, Failed, Lost, Outcome, ShuttingDown
 from agent.runner import ChildProcess
 from agent.state import StateFile
 from agent.storage import DownloadCanceled, Fingerprint, Storage, TransferFailed
@@ -25,6 +26,8 @@ log = agent_log.get_logger(__name__)
 EXIT_OK = 0
 EXIT_NODE_UNUSABLE = 3  # storage or work directory unusable, before or between jobs
 EXIT_REFUSED = 4  # the API kept refusing our polls (wrong key, URL or identity)
+# An empty long poll answered after at least this share of its wait was held by the server.
+HELD_FRACTION = 0.5
 # Poll answers that no retry will change: credentials, permissions, or the wrong URL.
 PERMANENT_REFUSALS = (401, 403, 404)
 
@@ -35,28 +38,52 @@ def _destination(rule) -> tuple:
     return (rule.bucket, rule.prefix, rule.local_dir, rule.compression)
 
 
-class JobLost(Exception):
-    """The job was canceled or handed to another machine: drop it without reporting."""
+# What `Worker._wait` returns when the job's time limit passed first (the attempt then ends as
+# Failed("timed out"), after the steps that depend on where it was).
+TIMED_OUT = "timed out"
 
 
-class TimedOut(Exception):
-    """The attempt ran past the job's `timeout_s`: stop it and charge the job."""
+class DeletionCost:
+    """What this node tells IMDS its deletion would cost: 0 while idle, then the heartbeats
+    of its job so far (the longer a job has run here, the more losing the node costs), and
+    the highest value while its outputs go up, when an interruption would waste the most."""
 
+    def __init__(self, imds: Imds):
+        self.imds = imds
+        self.uploading = False
 
-class ShuttingDown(Exception):
-    """The agent was told to stop (SIGTERM/SIGINT): leave the job to be picked up elsewhere."""
+    def claimed(self) -> None:
+        self.uploading = False
+        self.imds.set_deletion_cost(1)
+
+    def beat(self, count: int) -> None:
+        if not self.uploading:
+            self.imds.set_deletion_cost(count)
+
+    def uploading_outputs(self) -> None:
+        self.uploading = True
+        self.imds.set_deletion_cost(DELETION_COST_UPLOADING)
+
+    def idle(self) -> None:
+        self.uploading = False
+        self.imds.set_deletion_cost(0)
 
 
 class Heartbeat:
-    """Heartbeats for one job on its own thread; notices cancellation and lost ownership."""
+    """Heartbeats for one job on its own thread; notices cancellation and lost ownership.
 
-    def __init__(self, worker: "Worker", job_id: str, interval: float):
-        self.worker, self.job_id, self.interval = worker, job_id, interval
+    `on_beat(count)` is called after each answered heartbeat; `wake` is set when the job is
+    lost, so whoever waits on the job hears of it at once."""
+
+    def __init__(self, client: ApiClient, job_id: str, interval: float,
+                 on_beat=lambda count: None, wake: threading.Event | None = None):
+        self.client, self.job_id, self.interval = client, job_id, interval
+        self.on_beat = on_beat
+        self.wake = wake
         self.stop_event = threading.Event()
         self.lost = threading.Event()
         self.lost_status: str | None = None
         self.count = 0
-        self.final_upload = False
         self.last_confirmed = time.monotonic()  # the claim itself confirmed it
         self.thread = agent_log.job_thread(self._run, name="kelpie-heartbeat")
 
@@ -92,7 +119,7 @@ class Heartbeat:
     def _beat(self) -> bool:
         """One heartbeat; True once the job is no longer ours."""
         try:
-            status = self.worker.client.heartbeat(self.job_id, self.interval)
+            status = self.client.heartbeat(self.job_id, self.interval)
         except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("heartbeat refused", extra={"status": error.status})
@@ -104,13 +131,14 @@ class Heartbeat:
         self.count += 1
         if status == "running":
             self.last_confirmed = time.monotonic()
-        if not self.final_upload:
-            self.worker.imds.set_deletion_cost(self.count)
+        self.on_beat(self.count)
         if status is None or status == "running":
             return False  # None: answered, but without a status: neither confirmed nor lost
         log.info("the API says this job is no longer ours to run", extra={"status": status})
         self.lost_status = status
         self.lost.set()
+        if self.wake is not None:
+            self.wake.set()
         return True
 
 
@@ -119,11 +147,16 @@ class Worker:
         self.config = config
         self.shutdown = threading.Event()
         self.shutdown_signal: int | None = None
+        # Set by whatever can end the wait on a running attempt: a signal, the child's exit,
+        # the end of the downloads, a lost job (see _wait).
+        self.wake = threading.Event()
         self.imds = Imds(config.imds_url)
+        self.deletion_cost = DeletionCost(self.imds)
         self.client = ApiClient(config, self.imds, stop=self.shutdown)
         self.state = StateFile(config.state_file, config.machine_id)
         self.storage = Storage(config, listener=self.state)
         self.refusals = 0  # consecutive polls answered 401/403/404
+        self.last_poll_held = False  # the last empty poll was held by the server (long poll)
         self.last_refusal = ""
         self.failures_here = 0  # the jobs' own failures here (MAX_JOB_FAILURES: reallocate)
         self.node_failures = 0  # this node's failures (MAX_JOB_FAILURES: exit non-zero)
@@ -140,6 +173,7 @@ class Worker:
             return
         self.shutdown_signal = signum
         self.shutdown.set()
+        self.wake.set()
 
     # --- the poll loop ---
 
@@ -153,7 +187,7 @@ class Worker:
             if problem:
                 print(f"kelpie: cannot start: {problem}", file=sys.stderr, flush=True)
                 return EXIT_NODE_UNUSABLE
-            self.imds.set_deletion_cost(0)
+            self.deletion_cost.idle()
             self.state.update(status="idle")
             idle_since = time.monotonic()
             while not self.shutdown.is_set():
@@ -192,7 +226,9 @@ class Worker:
                     log.error(reason)
                     print(f"kelpie: giving up: {reason}", file=sys.stderr, flush=True)
                     return EXIT_REFUSED
-                self.shutdown.wait(self._poll_pause())
+                pause = self._poll_pause()
+                if pause:
+                    self.shutdown.wait(pause)
             return EXIT_OK
         finally:
             log.info("agent stopping")
@@ -202,16 +238,27 @@ class Worker:
 
     def _poll_pause(self) -> float:
         """The idle interval; after refusals, twice as long each time, up to the cap: a
-        wrong key must not hammer the API at full rate."""
+        wrong key must not hammer the API at full rate. 0 after a long poll the server
+        held (nothing came in its wait): poll again at once."""
         if not self.refusals:
+            if self.last_poll_held:
+                return 0
             return self.config.idle_poll_interval
         return min(self.config.auth_backoff_max,
                    self.config.idle_poll_interval * 2 ** self.refusals)
 
     def _poll(self) -> dict | None:
+        self.last_poll_held = False
+        wait = self.config.poll_wait
+        started = time.monotonic()
         try:
-            job = self.client.poll_work()
+            job = self._poll_interruptibly(wait)
             self.refusals = 0
+            # An empty answer that came much sooner than the wait asked: the server ignores
+            # `wait` (an older API) or is shutting down; keep the plain polling spacing, never
+            # hammer it. One held for most of the wait: poll again at once.
+            self.last_poll_held = (wait > 0 and job is None
+                                   and time.monotonic() - started >= wait * HELD_FRACTION)
             return job
         except ApiError as error:
             log.error("the API refused our poll for work",
@@ -224,6 +271,31 @@ class Worker:
             if not self.shutdown.is_set():
                 log.warning("cannot reach the API; will poll again", extra={"error": str(error)})
         return None
+
+    def _poll_interruptibly(self, wait: float) -> dict | None:
+        """The poll; a long one runs on a helper thread, so a shutdown signal is acted on at
+        once instead of after the hold (the abandoned request's connection closes with the
+        process, and the server drops a waiter whose client is gone before claiming)."""
+        if wait <= 0:
+            return self.client.poll_work()
+        answer: Future = Future()
+        answer.add_done_callback(lambda _: self.wake.set())
+
+        def poll():
+            try:
+                answer.set_result(self.client.poll_work(wait))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                answer.set_exception(error)
+
+        self.wake.clear()
+        threading.Thread(target=poll, name="kelpie-poll", daemon=True).start()
+        # Sleeps on `wake`, set by the answer or by a signal; the cap is only a safety net.
+        while not answer.done():
+            if self.shutdown.is_set():
+                return None
+            self.wake.wait(1.0)
+            self.wake.clear()
+        return answer.result()
 
     # --- one job ---
 
@@ -240,63 +312,73 @@ class Worker:
         log.info("claimed a job", extra={"command": job.get("command"),
                                          "attempt_machine": self.config.machine_id})
         self.state.update(status="preparing", job_id=job_id, job=job, exit_code=None)
-        heartbeat = Heartbeat(self, job_id, float(job.get("heartbeat_interval") or 30))
+        self.wake.clear()
+        heartbeat = Heartbeat(self.client, job_id, float(job.get("heartbeat_interval") or 30),
+                              on_beat=self.deletion_cost.beat, wake=self.wake)
         claimed_at = time.monotonic()
         heartbeat.start()
-        self.imds.set_deletion_cost(1)
+        self.deletion_cost.claimed()
         directories = None
         try:
-            plan = plan_for(job, self.config)
-            directories = prepare_directories(plan, self.config)
-            deadline = claimed_at + plan.timeout_s if plan.timeout_s else None
-            self._attempt(plan, heartbeat, directories, deadline)
-        except JobError as error:
-            node = blame.work_dir_problem(self.config.work_dir)
-            if node:
-                self._report_failed(job_id, None, f"{node}; {error}", kind="node")
+            try:
+                plan = plan_for(job, self.config)
+                directories = prepare_directories(plan, self.config)
+            except JobError as error:
+                outcome = self._invalid_job(error)
             else:
-                self._report_failed(job_id, None, f"invalid job: {error}")
-        except JobLost:
-            log.info("dropped the job without reporting", extra={"status": heartbeat.lost_status})
-        except ShuttingDown:
-            log.info("left the job for another machine; nothing reported")
-            heartbeat.stop()
-            self.state.update(status="stopping")
-            return  # the node is going away: no cleaning, no further work
+                deadline = claimed_at + plan.timeout_s if plan.timeout_s else None
+                outcome = self._attempt(plan, heartbeat, directories, deadline)
         finally:
             heartbeat.stop()
+        self._settle(job_id, outcome)
+        if isinstance(outcome, ShuttingDown):
+            self.state.update(status="stopping")
+            return  # the node is going away: no cleaning, no further work
         if directories is not None:
             directories.clean()
-        self.imds.set_deletion_cost(0)
+        self.deletion_cost.idle()
         self.state.update(status="idle", job_id=None, job=None, child_pid=None)
 
-    def _wait(self, done: threading.Event | Future, heartbeat: Heartbeat,
-              deadline: float | None = None) -> None:
-        """Block until `done`; raise JobLost / ShuttingDown / TimedOut (past `deadline`, a
-        time.monotonic() value) if that happens first."""
-        is_done = done.is_set if isinstance(done, threading.Event) else done.done
-        while not is_done():
+    def _invalid_job(self, error: JobError) -> Failed:
+        """A job this agent cannot even set up: the job's fault, unless the work directory
+        itself is unusable (then any job would fail here)."""
+        node = blame.work_dir_problem(self.config.work_dir)
+        if node:
+            return Failed(f"{node}; {error}", kind="node")
+        return Failed(f"invalid job: {error}")
+
+    def _wait(self, is_done, heartbeat: Heartbeat, deadline: float | None = None):
+        """Block until `is_done()`; or return why not, whichever comes first: Lost,
+        ShuttingDown, or TIMED_OUT (past `deadline`, a time.monotonic() value). None: done.
+
+        Sleeps on `self.wake`, which every one of those events sets, so it answers at once;
+        the one-second cap is only a safety net."""
+        while True:
+            if is_done():
+                return None
             if heartbeat.lost.is_set():
-                raise JobLost()
+                return Lost(heartbeat.lost_status)
             if self.shutdown.is_set():
-                raise ShuttingDown()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimedOut()
-            time.sleep(0.05)
+                return ShuttingDown()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return TIMED_OUT
+            self.wake.wait(1.0 if deadline is None else min(1.0, deadline - now))
+            self.wake.clear()
 
     def _attempt(self, plan: JobPlan, heartbeat: Heartbeat, directories: JobDirectories,
-                 deadline: float | None = None) -> None:
-        """One attempt; `deadline` (monotonic) is the job's timeout_s counted from the claim,
-        the same start the API counts from."""
+                 deadline: float | None = None) -> Outcome:
+        """One attempt, and how it ended; `deadline` (monotonic) is the job's timeout_s
+        counted from the claim, the same start the API counts from."""
         # 1. sync.before, in a helper thread so a cancel or shutdown need not wait for it.
         self.state.update(status="downloading")
         downloads: Future = Future()
+        downloads.add_done_callback(lambda _: self.wake.set())
         cancel = threading.Event()
         agent_log.job_thread(lambda: self._download(plan, downloads, cancel),
                              name="kelpie-download").start()
-        try:
-            self._wait(downloads, heartbeat, deadline)
-        except (JobLost, ShuttingDown, TimedOut) as stopped:
+        stopped = self._wait(downloads.done, heartbeat, deadline)
+        if stopped is not None:
             # Stop the download before anything cleans its directories, so no thread keeps
             # writing into them afterwards.
             cancel.set()
@@ -304,22 +386,18 @@ class Worker:
                 downloads.exception(timeout=60)
             except TimeoutError:
                 log.warning("the download did not stop within 60 s")
-            if isinstance(stopped, TimedOut):
+            if stopped is TIMED_OUT:
                 log.warning("the job ran past its timeout while downloading",
                             extra={"timeout_s": plan.timeout_s})
-                self._report_failed(plan.job_id, None, "timed out")
-                return
-            raise
+                return Failed("timed out")
+            return stopped
         try:
             known = downloads.result()
         except TransferFailed as error:
             node = self._node_problem(error)
             if node:
-                self._report_failed(plan.job_id, None, f"{node}; download failed: {error}",
-                                    kind="node")
-            else:
-                self._report_failed(plan.job_id, None, f"download failed: {error}")
-            return
+                return Failed(f"{node}; download failed: {error}", kind="node")
+            return Failed(f"download failed: {error}")
         directories.record_downloaded(rule.local_dir / rel for rule in plan.before
                                       for rel in known.get(_destination(rule), {}))
 
@@ -337,36 +415,32 @@ class Worker:
         for syncer in syncers:
             syncer.start()
         child = ChildProcess(plan.command, plan.arguments, child_environment(plan, self.config),
-                             self.config.work_dir)
+                             self.config.work_dir, on_exit=self.wake.set)
         try:
             child.start()
         except OSError as error:
             for syncer in syncers:
                 syncer.abandon()
-            self._report_failed(plan.job_id, None, f"command could not start: {error}")
-            return
+            return Failed(f"command could not start: {error}")
         writers.attach(child)
         self.state.update(status="running", child_pid=child.pid)
 
-        timed_out = False
-        try:
-            self._wait(child.exited, heartbeat, deadline)
-        except TimedOut:
+        stopped = self._wait(child.exited.is_set, heartbeat, deadline)
+        if stopped is TIMED_OUT:
             # Stopped like a cancel, but starting with SIGTERM: the limit is the job's own,
             # and what it checkpointed before still goes up below (a retry resumes from it).
             log.warning("the job ran past its timeout; stopping it",
                         extra={"timeout_s": plan.timeout_s})
-            timed_out = True
             writers.note_signal(signal.SIGTERM)  # a save torn by the stop is not uploaded
             child.stop(self.config.kill_grace, signal.SIGTERM)
-        except JobLost:
+        elif isinstance(stopped, Lost):
             child.stop(self.config.kill_grace, signal.SIGINT)
             for syncer in syncers:
                 syncer.abandon()
-            raise
-        except ShuttingDown:
+            return stopped
+        elif isinstance(stopped, ShuttingDown):
             self._shut_down_with_child(child, syncers, writers)
-            raise
+            return stopped
 
         # 3. the command exited: last pass over the during directories.
         exit_code = child.returncode
@@ -377,31 +451,26 @@ class Worker:
             for rel, error in syncer.finish().items():
                 during_errors[f"{syncer.rule.local_dir}/{rel}"] = error
         if heartbeat.lost.is_set():
-            raise JobLost()
-        if timed_out:
-            self._report_failed(plan.job_id, exit_code, "timed out")
-            return
+            return Lost(heartbeat.lost_status)
+        if stopped is TIMED_OUT:
+            return Failed("timed out", exit_code)
         if exit_code != 0:
-            self._report_failed(plan.job_id, exit_code, f"command exited with {exit_code}")
-            return
+            return Failed(f"command exited with {exit_code}", exit_code)
 
         # 4. sync.after, then completed. Deletion cost at its highest while outputs go up.
-        heartbeat.final_upload = True
-        self.imds.set_deletion_cost(DELETION_COST_UPLOADING)
+        self.deletion_cost.uploading_outputs()
         self.state.update(status="uploading")
         after_failed = self._upload_after(plan, syncers)
         if heartbeat.lost.is_set():
-            raise JobLost()
+            return Lost(heartbeat.lost_status)
         if during_errors or after_failed:
             failed = list(during_errors) + after_failed
             reason = f"upload failed for {len(failed)} file(s), e.g. {failed[0]}"
             node = self._node_problem()
             if node:
-                self._report_failed(plan.job_id, 0, f"{node}; {reason}", kind="node")
-            else:
-                self._report_failed(plan.job_id, 0, reason)
-            return
-        self._report_completed(plan.job_id)
+                return Failed(f"{node}; {reason}", 0, kind="node")
+            return Failed(reason, 0)
+        return Completed()
 
     def _node_problem(self, error: BaseException | None = None) -> str | None:
         """Whether a failed transfer is this node's fault: the error itself says so, or the
@@ -481,7 +550,18 @@ class Worker:
                 log.warning("some checkpoints were not uploaded before shutdown",
                             extra={"files": sorted(errors)[:10]})
 
-    # --- reports ---
+    # --- reports: the one place an attempt's outcome reaches the API ---
+
+    def _settle(self, job_id: str, outcome: Outcome) -> None:
+        match outcome:
+            case Completed():
+                self._report_completed(job_id)
+            case Failed(reason=reason, exit_code=exit_code, kind=kind):
+                self._report_failed(job_id, exit_code, reason, kind)
+            case Lost(status=status):
+                log.info("dropped the job without reporting", extra={"status": status})
+            case ShuttingDown():
+                log.info("left the job for another machine; nothing reported")
 
     def _report_completed(self, job_id: str) -> None:
         try:

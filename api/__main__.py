@@ -4,6 +4,7 @@ import argparse
 import errno
 import functools
 import logging
+import os
 import socket
 import sys
 
@@ -27,8 +28,9 @@ def serve(args) -> None:
     # Before prometheus-client is imported here or in a worker: it picks its mode on import.
     directory = metrics_dir.prepare()
     try:
-        from api.app import create_app, prepare_database
+        from api.app import API_WORKERS_ENV, create_app, prepare_database
 
+        os.environ[API_WORKERS_ENV] = str(args.workers)
         settings = config.load()
         prepare_database(settings)
         loader = AppLoader(factory=functools.partial(create_app, settings))

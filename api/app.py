@@ -1,12 +1,14 @@
 """The application factory: settings, database, blueprints, error handling, OpenAPI."""
 
+import asyncio
 import logging
+import os
 
 from sanic import Sanic
 from sanic_ext import Extend
 
 from agent.version import __version__
-from api import autoscale, config, db, lease, metrics, salad, salad_auth, schemas, users
+from api import autoscale, config, db, lease, metrics, salad, salad_auth, schemas, users, wakeups
 from api.auth import KeyCache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
@@ -19,6 +21,10 @@ from api.routes import webhooks as webhook_routes
 from api.webhooks import webhook_sender
 
 log = logging.getLogger("kelpie.api")
+
+# `python -m api serve --workers N` tells its worker processes N through this variable: on
+# SQLite the in-process wake-up signal only reaches everyone when N is 1.
+API_WORKERS_ENV = "KELPIE_API_WORKERS"
 
 # Loops that run in the background of every API process, as `async def loop(app)`. Each one
 # must be safe to run in several processes at once (advisory lock or SKIP LOCKED claims).
@@ -48,6 +54,9 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     app.config.OAS_URL_PREFIX = "/docs"
     app.config.CORS = False
     app.config.HEALTH = False
+    # GET /work?wait holds a request up to max_poll_wait_s: the response timeout must outlast
+    # it (a keep-alive connection's idle timeout, 120 s by default, already does).
+    app.config.RESPONSE_TIMEOUT = max(60, int(settings.max_poll_wait_s) + 30)
     app.ctx.settings = settings
     app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
     app.ctx.auth_limiter = FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
@@ -74,9 +83,11 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     async def start_background_loops(app):
         for loop in BACKGROUND_LOOPS:
             app.add_task(loop(app), name=f"kelpie-{loop.__name__}")
+        start_wakeups(app)
 
     @app.before_server_stop
     async def stop_background_loops(app):
+        await stop_wakeups(app)
         for loop in BACKGROUND_LOOPS:
             await app.cancel_task(f"kelpie-{loop.__name__}", raise_exception=False)
 
@@ -85,6 +96,32 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
         db.close()
 
     return app
+
+
+def start_wakeups(app: Sanic) -> None:
+    """Long-poll wake-ups (api/wakeups.py): the PostgreSQL listener, or on SQLite the
+    in-process signal, which is complete only when this is the one process on the file."""
+    hub = wakeups.hub
+    hub.loop = asyncio.get_running_loop()
+    hub.closing = False
+    if db.is_postgres():
+        app.ctx.work_listener = wakeups.Listener(app.ctx.settings)
+        app.add_task(app.ctx.work_listener.run(), name="kelpie-work-listener")
+    else:
+        hub.complete = os.environ.get(API_WORKERS_ENV, "1") == "1"
+    app.add_task(wakeups.sweeper(app), name="kelpie-work-sweeper")
+
+
+async def stop_wakeups(app: Sanic) -> None:
+    hub = wakeups.hub
+    hub.closing = True
+    hub.complete = False
+    hub.wake_all()  # parked requests answer [] now: shutdown does not wait for their deadline
+    listener = getattr(app.ctx, "work_listener", None)
+    if listener is not None:
+        listener.stop()
+        await app.cancel_task("kelpie-work-listener", raise_exception=False)
+    await app.cancel_task("kelpie-work-sweeper", raise_exception=False)
 
 
 def _describe_openapi(app: Sanic) -> None:

@@ -24,6 +24,14 @@ from datetime import timedelta
 from api import db, metrics, queue, salad
 from api.models import Job, LoopLease, ScalingRule
 
+# A scaling rule's numbers: field -> (minimum, maximum), as the original validates them. The
+# route enforces these and the OpenAPI document (api/schemas.py) states them, from here.
+RULE_LIMITS = {
+    "min_replicas": (0, 500),
+    "max_replicas": (0, 500),
+    "idle_threshold_seconds": (0, 3600),
+}
+
 log = logging.getLogger("kelpie.autoscale")
 
 LEASE_NAME = "autoscale"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlparse
@@ -18,6 +19,7 @@ from peewee import DatabaseProxy, InterfaceError, OperationalError
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from api.config import Settings
+from api.errors import Unavailable
 
 log = logging.getLogger("kelpie.db")
 
@@ -95,22 +97,52 @@ def dialect() -> str:
     return "postgresql" if is_postgres() else "sqlite"
 
 
+# While PostgreSQL restarts it refuses connections for a moment (about a second for a fast
+# restart, a few for crash recovery). A request waits that out on its database thread rather
+# than answering 500; past this long it answers 503, which every client retries.
+RECONNECT_WAIT_S = 10.0
+
+
+def _connect() -> None:
+    """Open this thread's pooled connection, waiting out a database that refuses connections
+    (up to RECONNECT_WAIT_S), then 503. SQLite's errors are raised as they are."""
+    deadline = time.monotonic() + RECONNECT_WAIT_S
+    delay = 0.05
+    while True:
+        try:
+            database.connect(reuse_if_open=True)
+            return
+        except (OperationalError, InterfaceError) as error:
+            if not is_postgres():
+                raise
+            if time.monotonic() + delay > deadline:
+                log.warning("database unreachable for %.0f s: %s", RECONNECT_WAIT_S,
+                            (str(error).strip().splitlines() or [type(error).__name__])[0])
+                raise Unavailable("the database is unavailable; retry shortly") from error
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def _with_connection(func, *args, **kwargs):
     """Run `func` on a pooled connection. When PostgreSQL dropped the connection (a restart,
     a failover, pg_terminate_backend), the pool's idle connections are dead too: they are all
     discarded and `func` runs once more on a fresh one, so the caller never sees the drop.
-    Retrying is safe: the failed call's transaction was never committed."""
-    with database.connection_context():
+    Retrying is safe: the failed call's transaction was never committed. Connecting waits out
+    a restart in progress (`_connect`)."""
+    for attempt in (1, 2):
+        _connect()
         try:
             return func(*args, **kwargs)
         except (OperationalError, InterfaceError) as error:
-            if not _connection_lost():
+            if attempt == 2 or not _connection_lost():
                 raise
             log.warning("database connection lost (%s); retrying on a new connection",
                         (str(error).strip().splitlines() or [type(error).__name__])[0])
-    database.close_idle()
-    with database.connection_context():
-        return func(*args, **kwargs)
+        finally:
+            if not database.is_closed():
+                database.close()  # back to the pool (a dead one is discarded below)
+        database.close_idle()
+    raise AssertionError("unreachable")
 
 
 def _connection_lost() -> bool:

@@ -33,6 +33,9 @@ from api.metrics_dir import MULTIPROC_ENV
 from api.models import Job, WebhookDelivery
 
 CLAIMS = Counter("kelpie_claims", "Jobs handed to a machine by GET /work")
+EMPTY_CACHE_HITS = Counter("kelpie_work_empty_cache_hits",
+                           "Polls answered [] from the process's knowledge that the group has "
+                           "nothing to claim (no claim statement run)")
 HEARTBEATS = Counter("kelpie_heartbeats", "Heartbeats accepted from the machine holding the job")
 FAILURES = Counter("kelpie_attempt_failures", "Failed attempts reported by workers")
 NODE_FAILURES = Counter("kelpie_node_failures",

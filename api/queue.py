@@ -6,10 +6,16 @@ handlers parse and authorise; they never write a job themselves. All functions a
 synchronous and run on the database thread pool (see `api.db.run`).
 """
 
+import hashlib
+import threading
 import uuid
+import weakref
 from datetime import timedelta
 
-from api import db, keys, lease, metrics, sql, webhooks
+from peewee import SQL, Select, fn
+from psycopg2.errors import DuplicatePreparedStatement
+
+from api import db, keys, lease, metrics, serialize, sql, wakeups, webhooks
 from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
@@ -86,6 +92,8 @@ def submit(principal: Principal, specs: list[dict]) -> list[Job]:
         db.insert_rows(JobEvent, [{"job": row["id"], "at": now, "kind": "created",
                                    "status": PENDING, "actor": principal.actor}
                                   for row in rows])
+        # Long-polling workers of these groups are woken when (and only if) this commits.
+        wakeups.job_claimable(row.get("container_group_id") for row in rows)
     return [Job(**row) for row in rows]
 
 
@@ -96,17 +104,54 @@ def get(principal: Principal, job_id: str) -> Job:
     return job
 
 
-def list_jobs(principal: Principal, *, status=None, container_group_id=None, page=1,
-              page_size=100, ascending=False) -> tuple[int, list[Job]]:
+def list_window_refusal(page: int, page_size: int, window: int) -> str | None:
+    """Why a page lies beyond the listing window (None if it does not). Every page costs at
+    most `window` rows: an OFFSET walks every row it skips, so page=10000 with page_size=1000
+    would walk ten million of them while holding a database connection."""
+    if page * page_size > window:
+        return (f"page × page_size may be at most {window} (the listing window); "
+                "narrow the listing with status or container_group_id, or use asc=true "
+                "for the oldest jobs")
+    return None
+
+
+def _list_query(principal: Principal, status, container_group_id):
     query = _owned(Job.select(), principal)
     if status:
         query = query.where(Job.status == status)
     if container_group_id:
         query = query.where(Job.container_group_id == container_group_id)
-    count = query.count()
+    return query
+
+
+def list_queries(principal: Principal, *, status=None, container_group_id=None, page=1,
+                 page_size=100, ascending=False, window=100_000):
+    """The two statements of a list page: the count (of at most `window` rows) and the page.
+    Apart so a test can EXPLAIN exactly what the route runs."""
+    query = _list_query(principal, status, container_group_id)
+    # Counting the rows of a LIMITed subquery stops after `window` + 1 index entries (the one
+    # more tells "exactly window" from "more"), whatever the tenant holds; selecting only the
+    # indexed columns lets PostgreSQL answer it from the index alone.
+    window_rows = query.select(SQL("1")).limit(window + 1).alias("window_rows")
+    counted = Select([window_rows], [fn.COUNT(SQL("1"))])
     order = (Job.created.asc(), Job.id.asc()) if ascending else (Job.created.desc(), Job.id.desc())
-    jobs = list(query.order_by(*order).paginate(page, page_size))
-    return count, jobs
+    # The page's ids first, then their rows: the OFFSET skips index entries only (an index-only
+    # scan of the listing's index), not whole job rows, and only page_size rows are fetched.
+    page_ids = query.select(Job.id).order_by(*order).paginate(page, page_size)
+    rows = Job.select().where(Job.id.in_(page_ids)).order_by(*order)
+    return counted, rows
+
+
+def list_jobs(principal: Principal, *, status=None, container_group_id=None, page=1,
+              page_size=100, ascending=False, window=100_000) -> tuple[int, bool, list[Job]]:
+    """(count, capped, jobs): the count is exact below `window` and `window` (capped) at or
+    above it. Pages past the window are refused by the route (list_window_refusal), so with
+    the indexes of migration 0008 a page never walks more than `window` + page_size rows."""
+    counted, rows = list_queries(principal, status=status, container_group_id=container_group_id,
+                                 page=page, page_size=page_size, ascending=ascending,
+                                 window=window)
+    count = counted.scalar(db.database)
+    return min(count, window), count > window, list(rows)
 
 
 def events(principal: Principal, job_id: str) -> list[JobEvent]:
@@ -135,6 +180,12 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
     claim looks again.
     """
     now = db.utcnow()
+    if db.is_postgres():
+        # The common case in one statement and one round trip; a group with a stale running
+        # job goes the long way below.
+        claimed, stale = _claim_pending_pg(principal, machine_id, container_group_id, now)
+        if not stale:
+            return claimed
     interruptions = 0
     job = None
     with db.write_transaction():
@@ -158,6 +209,54 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
             break
     metrics.INTERRUPTIONS.inc(interruptions)  # counted once the hand-over is committed
     return job
+
+
+# Connection -> names of the claim statements PREPAREd on it. Planning the claim's CTEs cost
+# PostgreSQL about as much CPU as running them; a prepared statement is planned once per
+# connection (and variant: with or without project, group, key, the lease grace).
+_prepared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_prepared_lock = threading.Lock()
+
+
+def _execute_prepared(statement: str, params: list):
+    connection = db.database.connection()
+    name = "kelpie_claim_" + hashlib.sha1(statement.encode()).hexdigest()[:16]
+    with _prepared_lock:
+        names = _prepared.setdefault(connection, set())
+    if name not in names:
+        numbered, count = statement, 0
+        while "%s" in numbered:
+            count += 1
+            numbered = numbered.replace("%s", f"${count}", 1)
+        try:
+            db.database.execute_sql(f"PREPARE {name} AS {numbered}")
+        except DuplicatePreparedStatement:
+            pass  # prepared before, but the answer was lost: it is there all the same
+        names.add(name)
+    placeholders = ", ".join(["%s"] * len(params))
+    return db.database.execute_sql(f"EXECUTE {name} ({placeholders})", params)
+
+
+def _claim_pending_pg(principal: Principal, machine_id: str, container_group_id, now):
+    """(job or None, whether a stale running job must be dealt with first)."""
+    cursor = _execute_prepared(*sql.claim_pending_pg(
+        principal.user_id, machine_id, container_group_id, now, actor=principal.actor,
+        timestamp=serialize.timestamp(now), project=principal.project,
+        key_hash=principal.key_hash))
+    row = cursor.fetchone()
+    stale, key_ok = row[0], row[1]
+    if stale:
+        return None, True
+    if not key_ok:
+        raise Forbidden("invalid X-Kelpie-Key")
+    if row[2] is None:
+        return None, False
+    columns = Job._meta.columns
+    values = {}
+    for description, value in zip(cursor.description[2:], row[2:], strict=True):
+        field = columns[description.name]
+        values[field.name] = field.python_value(value)
+    return Job(**values), False
 
 
 def _timed_out(job: Job, now) -> bool:
@@ -272,13 +371,21 @@ def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None, 
             _ban(job, machine_id, now)
             _event(job_id, "attempt_failed", RUNNING, actor=principal.actor,
                    machine_id=machine_id, attempt=job.num_attempts, exit_code=exit_code,
-                   reason=f"node failure: {reason}" if reason else "node failure", at=now)
-            _requeue(job_id, now, actor=principal.actor,
+                   reason=_node_reason(reason), at=now)
+            _requeue(job, now, actor=principal.actor,
                      reason="node failure, not charged to the job")
         else:
             _charge_failure(job, now, actor=principal.actor, machine_id=machine_id,
                             exit_code=exit_code, reason=reason, ban=True)
     return Job.get_by_id(job_id), True
+
+
+def _node_reason(reason: str | None) -> str:
+    """The event's reason for a node failure, said once: our agent's reasons already start
+    with "node failure:" (agent/blame.py), other clients' may not."""
+    if not reason:
+        return "node failure"
+    return reason if reason.startswith("node failure") else f"node failure: {reason}"
 
 
 def _ban(job: Job, machine_id: str, now) -> None:
@@ -287,10 +394,11 @@ def _ban(job: Job, machine_id: str, now) -> None:
                   created=now).on_conflict_ignore().execute()
 
 
-def _requeue(job_id: str, now, *, actor: str, reason: str, **changes) -> None:
+def _requeue(job: Job, now, *, actor: str, reason: str, **changes) -> None:
     Job.update(status=PENDING, machine_id=None, heartbeat=None, lease_expires=None,
-               **changes).where(Job.id == job_id).execute()
-    _event(job_id, "requeued", PENDING, actor=actor, at=now, reason=reason)
+               **changes).where(Job.id == job.id).execute()
+    _event(job.id, "requeued", PENDING, actor=actor, at=now, reason=reason)
+    wakeups.job_claimable([job.container_group_id])
 
 
 def _charge_failure(job: Job, now, *, actor: str, machine_id, exit_code=None, reason=None,
@@ -311,7 +419,7 @@ def _charge_failure(job: Job, now, *, actor: str, machine_id, exit_code=None, re
         _event(job.id, "failed", FAILED, actor=actor, machine_id=machine_id, at=now, reason=why)
         webhooks.enqueue(Job.get_by_id(job.id), FAILED, now, reason=reason or why)
     else:
-        _requeue(job.id, now, actor=actor, num_failures=failures,
+        _requeue(job, now, actor=actor, num_failures=failures,
                  reason=f"{job.max_failures - failures} attempt(s) left")
 
 

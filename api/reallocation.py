@@ -14,6 +14,7 @@ reallocate a machine in another tenant's group, or spend another tenant's one re
 """
 
 import logging
+import time
 
 from peewee import IntegrityError
 
@@ -100,13 +101,33 @@ async def reallocate(principal: Principal, machine_id: str, container_group_id: 
     await db.run(_finish, principal, machine_id, container_group_id, REALLOCATED)
 
 
+# Machines found not due for reallocation, remembered for a while: every poll of every idle
+# machine asked the database (two reads) although bans only change when a job fails. A machine
+# that reaches the threshold is reallocated at most this much later.
+NOT_DUE_TTL_S = 30.0
+NOT_DUE_MAX = 100_000
+_not_due: dict[tuple, float] = {}
+
+
+def banned(principal: Principal, machine_id: str, container_group_id: str | None) -> None:
+    """This process just banned the machine from a job: its next poll asks the database."""
+    _not_due.pop((principal.user_id, container_group_id, machine_id), None)
+
+
 async def on_work_request(app, principal: Principal, machine_id: str,
                           container_group_id: str | None) -> bool:
     """Called by GET /work: True when this machine is being reallocated (answer it `[]`)."""
     if container_group_id is None or not salad.is_configured():
         return False
+    entry = (principal.user_id, container_group_id, machine_id)
+    now = time.monotonic()
+    if _not_due.get(entry, 0.0) > now:
+        return False
     threshold = app.ctx.settings.max_failures_per_worker
     if not await db.run(claim, principal, machine_id, container_group_id, threshold):
+        if len(_not_due) >= NOT_DUE_MAX:
+            _not_due.clear()
+        _not_due[entry] = now + NOT_DUE_TTL_S
         return False
     app.add_task(reallocate(principal, machine_id, container_group_id))
     return True

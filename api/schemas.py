@@ -8,7 +8,7 @@ describe the same rules for clients and for schemathesis.
 from sanic_ext.extensions.openapi.definitions import Reference
 
 from agent.pattern import MAX_PATTERN_LENGTH, MAX_PROGRAM_SIZE
-from api import buckets, execve
+from api import autoscale, buckets, execve
 from api.config import Settings
 from api.fields import MAX_TEXT_LENGTH
 from api.jobspec import (
@@ -160,11 +160,10 @@ JOB = {
 }
 
 SCALING_LIMITS = {
-    "min_replicas": {"type": "integer", "minimum": 0, "maximum": 500},
-    "max_replicas": {"type": "integer", "minimum": 0, "maximum": 500,
-                     "description": "At least min_replicas."},
-    "idle_threshold_seconds": {"type": "integer", "minimum": 0, "maximum": 3600,
-                               "description": "Jobs finished this recently still count."},
+    name: {"type": "integer", "minimum": low, "maximum": high,
+           **({"description": description} if description else {})}
+    for (name, (low, high)), description in zip(autoscale.RULE_LIMITS.items(), (
+        None, "At least min_replicas.", "Jobs finished this recently still count."), strict=True)
 }
 
 SCALING_RULE = {

@@ -29,6 +29,43 @@ _CLAIM_CANDIDATE = {
               + _PENDING + ") ORDER BY rank LIMIT 1",
 }
 
+# PostgreSQL's claim of a pending job in one statement, run outside any explicit transaction
+# (one round trip, committed on its own): pick the oldest pending job (SKIP LOCKED), assign it,
+# write its "assigned" event and, when it has a webhook, its outbox row. It touches nothing when
+# the group has a stale running job (a lost lease to take over first: interruption accounting
+# and timeouts stay in Python, api/queue.py), and says so; it also says whether the caller's key
+# still exists, so "no work" and "key revoked" need no second read.
+_CLAIM_PENDING_PG = (
+    "WITH stale AS (SELECT 1 FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
+    " AND j.status = 'running' AND j.lease_expires < %s::timestamp"
+    " AND " + _NOT_BANNED.format(p="%s::text") + " LIMIT 1),"
+    " candidate AS (SELECT j.id FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
+    " AND j.status = 'pending'{key} AND " + _NOT_BANNED.format(p="%s::text")
+    + " AND NOT EXISTS (SELECT 1 FROM stale)"
+    " ORDER BY j.created, j.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " assigned AS (UPDATE jobs j SET status = 'running', machine_id = %s::text, started = %s::timestamp,"
+    " heartbeat = %s::timestamp, lease_expires = %s::timestamp + {lease} * interval '1 second',"
+    " num_attempts = j.num_attempts + 1"
+    " FROM candidate c WHERE j.id = c.id RETURNING j.*),"
+    " event AS (INSERT INTO job_events (job_id, at, kind, status, machine_id, attempt, actor)"
+    " SELECT a.id, %s::timestamp, 'assigned', 'running', a.machine_id, a.num_attempts,"
+    " %s::text FROM assigned a),"
+    " outbox AS (INSERT INTO webhook_deliveries (job_id, user_id, url, job_status, body, status,"
+    " created, next_attempt, attempts)"
+    " SELECT a.id, a.user_id, a.webhook, 'running',"
+    # The body webhooks.enqueue writes, key for key, compact.
+    " '{{\"status\":\"running\",\"job_id\":' || to_json(a.id)::text"
+    " || ',\"machine_id\":' || to_json(a.machine_id)::text"
+    " || ',\"container_group_id\":' || COALESCE(to_json(a.container_group_id)::text, 'null')"
+    " || ',\"attempt\":' || a.num_attempts || ',\"timestamp\":' || to_json(%s::text)::text"
+    " || ',\"num_failures\":' || a.num_failures"
+    " || ',\"num_interruptions\":' || a.num_interruptions || ',\"reason\":null}}',"
+    " 'pending', %s::timestamp, %s::timestamp, 0 FROM assigned a"
+    " WHERE a.webhook IS NOT NULL AND a.webhook <> '')"
+    " SELECT EXISTS (SELECT 1 FROM stale) AS stale, {key_ok} AS key_ok, a.*"
+    " FROM (SELECT 1) one LEFT JOIN assigned a ON true"
+)
+
 # `SET LOCAL synchronous_commit` makes PostgreSQL acknowledge a heartbeat without waiting for
 # its WAL flush. A heartbeat lost in a database crash only shortens one lease by a fraction of a
 # second; waiting for fsync would cap heartbeats per second for nothing. Both statements go in
@@ -79,6 +116,35 @@ def claim_candidate(dialect: str, user_id: str, machine_id: str, container_group
     sql = _CLAIM_CANDIDATE[dialect].format(p=p, group=group, project=project_sql, key=key_sql)
     params = ([*owner, *group_params, now, *key_params, machine_id]
               + [*owner, *group_params, *key_params, machine_id])
+    return sql, params
+
+
+def claim_pending_pg(user_id: str, machine_id: str, container_group_id, now, *, actor: str,
+                     timestamp: str, project: str | None = None, key_hash: str | None = None):
+    """(sql, params) of `_CLAIM_PENDING_PG`: one row (stale, key_ok, then the assigned job's
+    columns, all NULL when nothing was assigned)."""
+    p = "%s"
+    if container_group_id is None:
+        group, group_params = "j.container_group_id IS NULL", []
+    else:
+        group, group_params = f"j.container_group_id = {p}::text", [container_group_id]
+    if project is None:
+        project_sql, owner = "", [user_id]
+    else:
+        project_sql, owner = f" AND j.project = {p}::text", [user_id, project]
+    key_sql, key_params = _key_exists(p, key_hash, now)
+    key_sql = key_sql.replace("k.key_hash = %s", "k.key_hash = %s::text").replace(
+        "k.expires > %s", "k.expires > %s::timestamp")
+    key_ok = "true" if key_hash is None else key_sql[len(" AND "):]
+    sql = _CLAIM_PENDING_PG.format(project=project_sql, group=group, key=key_sql,
+                                   key_ok=key_ok, lease=lease.sql_seconds("postgresql",
+                                                                          "j.heartbeat_interval"))
+    params = ([*owner, *group_params, now, machine_id]
+              + [*owner, *group_params, *key_params, machine_id]
+              + [machine_id, now, now, now]
+              + [now, actor]
+              + [timestamp, now, now]
+              + key_params)
     return sql, params
 
 

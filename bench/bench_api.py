@@ -130,8 +130,9 @@ def _bare_claim_loop(database_name, user_id, group, seconds) -> float:
 
 # --- heartbeats -------------------------------------------------------------------------------
 
-def _bench_heartbeats(api, key, wrk) -> None:
-    group = "heartbeats"
+def heartbeat_script(api, key, group: str) -> str:
+    """Claim 1,000 jobs of `group` for one machine, and write the wrk script that heartbeats
+    them in turn (bench_fleet uses it too)."""
     _submit(api, key, 1000, group)
     jobs = []
     for _ in range(1000):
@@ -140,7 +141,7 @@ def _bench_heartbeats(api, key, wrk) -> None:
         jobs.append(work[0]["id"])
     ids = ",".join(f'"{job_id}"' for job_id in jobs)
     body = json.dumps({"machine_id": "hb-machine", "container_group_id": group})
-    script = _lua(f"""
+    return _lua(f"""
         ids = {{{ids}}}
         counter = 0
         request = function()
@@ -151,6 +152,10 @@ def _bench_heartbeats(api, key, wrk) -> None:
                             '{body}')
         end
     """)
+
+
+def _bench_heartbeats(api, key, wrk) -> None:
+    script = heartbeat_script(api, key, "heartbeats")
     result = _wrk(wrk, api.url, script, duration=DURATION_S)
     assert result["non2xx"] == 0, result
     met = result["rps"] >= 2000 and result["p99"] <= 50

@@ -13,6 +13,7 @@ AWS CLI pins a botocore other than the agent's.
 """
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -117,10 +118,23 @@ class AwsCli:
                        env=self.env)
 
 
-def _timed(action) -> float:
+def _cpu_seconds() -> float:
+    """CPU used so far by this process (the agent's code runs in it) and its finished children
+    (s5cmd, the AWS CLI): wall times on a shared machine swing by 2x or more, the CPU a tool
+    spends per transfer much less, so both are printed."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(action, cpu: list | None = None) -> float:
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     action()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(_cpu_seconds() - cpu_before)
+    return elapsed
 
 
 def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
@@ -128,23 +142,27 @@ def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
     order rotates from one repeat to the next, so neither a noisy neighbour nor going first
     (SeaweedFS growing a fresh volume) favours one of them."""
     times: dict = {}
+    cpu: dict = {}
     client = store.client()
     for repeat in range(REPEATS):
         for dataset, source in datasets.items():
             for tool in tools[repeat % len(tools):] + tools[:repeat % len(tools)]:
                 bucket = f"bench-{tool.name.replace(' ', '')}-{dataset}-{repeat}".lower()
                 client.create_bucket(Bucket=bucket)
-                up = _timed(lambda t=tool, b=bucket, s=source: t.upload(s, b, "data/"))
+                up_cpu, down_cpu = [], []
+                up = _timed(lambda t=tool, b=bucket, s=source: t.upload(s, b, "data/"), up_cpu)
                 target = scratch / f"down-{bucket}"
-                down = _timed(lambda t=tool, b=bucket, d=target: t.download(b, "data/", d))
+                down = _timed(lambda t=tool, b=bucket, d=target: t.download(b, "data/", d),
+                              down_cpu)
                 files = [p for p in target.rglob("*") if p.is_file()]
                 expected = len([p for p in source.rglob("*") if p.is_file()])
                 assert len(files) == expected, (tool.name, dataset, len(files), expected)
                 shutil.rmtree(target)
-                for key, value in (((tool.name, dataset, "upload"), up),
-                                   ((tool.name, dataset, "download"), down)):
+                for key, value, used in (((tool.name, dataset, "upload"), up, up_cpu[0]),
+                                         ((tool.name, dataset, "download"), down, down_cpu[0])):
                     times[key] = min(value, times.get(key, float("inf")))
-    return times
+                    cpu[key] = min(used, cpu.get(key, float("inf")))
+    return times, cpu
 
 
 def _checkpoint_lag(store, scratch: Path) -> list[float]:
@@ -192,7 +210,7 @@ def run() -> None:
         small, big = _make_data(scratch)
         tools = [AgentSync(store), S5cmd(s5cmd_bin, store), AwsCli(aws_bin, store)]
         datasets = {f"{SMALL_FILES}x64KiB": small, f"1x{BIG_MB}MiB": big}
-        times = _transfer_times(tools, datasets, store, scratch)
+        times, cpu = _transfer_times(tools, datasets, store, scratch)
         lags = sorted(_checkpoint_lag(store, scratch))
     finally:
         store.stop()
@@ -214,6 +232,9 @@ def run() -> None:
             rate = f"  ({size_mb / agent_s:.0f} MB/s)" if size_mb else ""
             print(f"{dataset:<14}{direction:<10}{agent_s:>9.2f}{s5_s:>9.2f}{aws_s:>9.2f}"
                   f"{vs_s5:>9.2f}x{vs_aws:>7.2f}x   {verdict}{rate}")
+            print(f"{'':<24}client CPU s: agent {cpu[('agent', dataset, direction)]:.2f}, "
+                  f"s5cmd {cpu[('s5cmd', dataset, direction)]:.2f}, "
+                  f"aws cli {cpu[('aws cli', dataset, direction)]:.2f} (least of {REPEATS})")
     p50 = statistics.median(lags)
     p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
     verdict = targets.verdict("checkpoint lag", p50 <= 0.5 and p99 <= 2.0)

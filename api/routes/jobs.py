@@ -13,6 +13,8 @@ from api.scopes import ADMIN_ONLY, TENANT, allow
 
 bp = Blueprint("jobs")
 DEFAULT_PAGE_SIZE = 100
+# Set on a GET /jobs answer whose `_count` stopped at the listing window (more jobs match).
+COUNT_CAPPED_HEADER = "X-Kelpie-Count-Capped"
 
 
 IDEMPOTENCY_KEY = Parameter(
@@ -67,12 +69,16 @@ async def submit_batch(request: Request):
 
 
 @bp.get("/jobs")
-@documented("List jobs, newest first", responses={200: "JobList"}, parameters=[
+@documented("List jobs, newest first", responses={200: "JobList"}, errors=(400,), parameters=[
     Parameter("status", String(enum=list(queue.STATUSES)), "query"),
     Parameter("container_group_id", String(), "query"),
     Parameter("page_size", Integer(minimum=1, maximum=DEFAULTS.max_page_size,
                                    default=DEFAULT_PAGE_SIZE), "query"),
-    Parameter("page", Integer(minimum=1, default=1), "query"),
+    Parameter("page", Integer(minimum=1, maximum=DEFAULTS.list_window, default=1), "query",
+              description=f"page × page_size may be at most {DEFAULTS.list_window} (the "
+              "listing window, KELPIE_LIST_WINDOW); a page past it answers 400 with field "
+              "`page`. `_count` is exact below the window and equals it at or above it, "
+              f"with the header {COUNT_CAPPED_HEADER}: true."),
     Parameter("asc", Boolean(default=False), "query"),
 ])
 @allow(*TENANT)
@@ -81,16 +87,26 @@ async def list_jobs(request: Request):
     if status is not None and status not in queue.STATUSES:
         raise ValidationError("status", f"must be one of {', '.join(queue.STATUSES)}")
     settings = request.app.ctx.settings
-    count, jobs = await db.run(
-        queue.list_jobs, request.ctx.principal,
-        status=status,
-        container_group_id=fields.text(request.args.get("container_group_id") or None,
-                                       "container_group_id", required=False, max_length=255),
-        page=query_int(request, "page", 1, 1, 10_000_000),
-        page_size=query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, settings.max_page_size),
-        ascending=query_bool(request, "asc", False),
-    )
-    return json({"_count": count, "jobs": [serialize.job(job) for job in jobs]})
+    container_group_id = fields.text(request.args.get("container_group_id") or None,
+                                     "container_group_id", required=False, max_length=255)
+    page = query_int(request, "page", 1, 1, 10_000_000)
+    page_size = query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, settings.max_page_size)
+    refusal = queue.list_window_refusal(page, page_size, settings.list_window)
+    if refusal:
+        raise ValidationError("page", refusal)
+    ascending = query_bool(request, "asc", False)
+
+    def page_of_jobs():
+        count, capped, jobs = queue.list_jobs(
+            request.ctx.principal, status=status, container_group_id=container_group_id,
+            page=page, page_size=page_size, ascending=ascending, window=settings.list_window)
+        # Built on the database thread, not the event loop: a thousand jobs take the loop
+        # long enough to delay every heartbeat this process is answering meanwhile.
+        return count, capped, [serialize.job(job) for job in jobs]
+
+    count, capped, jobs = await db.run(page_of_jobs)
+    return json({"_count": count, "jobs": jobs},
+                headers={COUNT_CAPPED_HEADER: "true"} if capped else None)
 
 
 @bp.get("/jobs/<job_id:uuid>")

@@ -4,7 +4,7 @@ from peewee import IntegrityError
 from sanic import Blueprint, Request
 from sanic.response import empty, json
 
-from api import db, salad, users
+from api import autoscale, db, salad, users
 from api.errors import ApiError, Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from api.models import ScalingRule
 from api.queue import Principal
@@ -14,12 +14,6 @@ from api.serialize import timestamp
 
 bp = Blueprint("scaling_rules")
 
-# Field → (minimum, maximum), as the original validates them.
-LIMITS = {
-    "min_replicas": (0, 500),
-    "max_replicas": (0, 500),
-    "idle_threshold_seconds": (0, 3600),
-}
 
 
 def to_dict(rule: ScalingRule) -> dict:
@@ -62,7 +56,7 @@ def _body(request: Request, allowed: set[str]) -> dict:
 
 def _limits(body: dict, required: bool) -> dict:
     values = {}
-    for name, (low, high) in LIMITS.items():
+    for name, (low, high) in autoscale.RULE_LIMITS.items():
         if name not in body:
             if required:
                 raise ValidationError(name, "is required")
@@ -187,7 +181,7 @@ def _delete(principal: Principal, container_group_id: str) -> None:
             errors=(400, 401, 403, 409))
 @allow(*TENANT)
 async def create_rule(request: Request):
-    body = _body(request, {"container_group_id", *LIMITS, *LOCATION_FIELDS})
+    body = _body(request, {"container_group_id", *autoscale.RULE_LIMITS, *LOCATION_FIELDS})
     container_group_id = body.get("container_group_id")
     if (not isinstance(container_group_id, str) or not container_group_id.strip()
             or len(container_group_id) > 255):
@@ -230,7 +224,7 @@ async def get_rule(request: Request, container_group_id: str):
             responses={200: "ScalingRule"}, errors=(400, 401, 403, 404))
 @allow(*TENANT)
 async def update_rule(request: Request, container_group_id: str):
-    body = _body(request, {"container_group_id", *LIMITS})
+    body = _body(request, {"container_group_id", *autoscale.RULE_LIMITS})
     # The original's clients send the whole rule back: its own id is fine, another is not.
     if "container_group_id" in body and body["container_group_id"] != container_group_id:
         raise ValidationError("container_group_id", "cannot be changed")

@@ -1,13 +1,17 @@
 """The worker protocol: claim work, heartbeat, report completion or failure."""
 
+import asyncio
+import math
+
 from sanic import Blueprint, Request
 from sanic.response import json
 from sanic_ext.extensions.openapi.definitions import Parameter
-from sanic_ext.extensions.openapi.types import String
+from sanic_ext.extensions.openapi.types import Float, String
 
-from api import db, fields, metrics, queue, reallocation, serialize
+from api import db, fields, keys, metrics, queue, reallocation, serialize, wakeups
 from api.errors import Forbidden, ValidationError
 from api.routes import documented, json_body
+from api.schemas import DEFAULTS
 from api.scopes import WORKER_PROTOCOL, allow
 
 bp = Blueprint("work")
@@ -41,24 +45,103 @@ def _report(request: Request) -> dict:
     return body
 
 
+def _wait_seconds(request: Request) -> float:
+    """`wait` in seconds: absent = 0 (a plain poll, as the original worker sends); larger than
+    KELPIE_MAX_POLL_WAIT_S is served as that."""
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValidationError("wait", "must be a number of seconds") from None
+    if not math.isfinite(wait) or wait < 0:
+        raise ValidationError("wait", "must be a number of seconds, 0 or more")
+    return min(wait, request.app.ctx.settings.max_poll_wait_s)
+
+
+def _cache_entry(request: Request, machine_id: str, key: str) -> tuple:
+    """Whose "nothing to claim" the empty cache remembers: bans are per machine, and what a
+    caller may claim depends on its tenant and project."""
+    principal = request.ctx.principal
+    return (principal.user_id, principal.project, key, machine_id)
+
+
+async def _claim(request: Request, machine_id: str, container_group_id, key: str):
+    """One claim for the caller, or the empty cache's answer when this process knows the
+    group has had nothing for this caller since its last wake-up."""
+    principal = request.ctx.principal
+    entry = _cache_entry(request, machine_id, key)
+    hub = wakeups.hub
+    if hub.known_empty(entry, key):
+        # A revoked Kelpie key is still refused at once: one indexed read instead of a claim.
+        if principal.key_hash is not None and not await db.run_protocol(
+                keys.is_valid, principal.key_hash):
+            request.app.ctx.key_cache.drop(principal.key_hash)
+            raise Forbidden("invalid X-Kelpie-Key")
+        metrics.EMPTY_CACHE_HITS.inc()
+        return None
+    generation = hub.generation(key)
+    job = await db.run_protocol(queue.claim, principal, machine_id, container_group_id)
+    if job is None:
+        hub.remember_empty(entry, generation)
+    else:
+        hub.forget_empty(entry)
+        metrics.CLAIMS.inc()
+    return job
+
+
 @bp.get("/work")
-@documented("Claim the next job for this machine ([] when there is none)",
+@documented("Claim the next job for this machine ([] when there is none). With `wait`, the "
+            "request is held until a job for the caller's container group can be claimed or "
+            "the wait ends (then []).",
             responses={200: "WorkList"}, parameters=[
                 Parameter("machine_id", String(), "query", required=True),
                 Parameter("container_group_id", String(), "query"),
+                Parameter("wait", Float(minimum=0, maximum=DEFAULTS.max_poll_wait_s, default=0),
+                          "query", description="Seconds to hold the request while there is no "
+                          "job (long poll). Larger values are served as the server's limit, "
+                          "KELPIE_MAX_POLL_WAIT_S (default 30)."),
             ])
 @allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def get_work(request: Request):
     machine_id, container_group_id = _worker_identity(
         request, request.args.get("machine_id"), request.args.get("container_group_id"))
+    wait = _wait_seconds(request)
     # A machine banned from too many jobs gets no more: it is being moved elsewhere.
     if await reallocation.on_work_request(request.app, request.ctx.principal, machine_id,
                                           container_group_id):
         return json([])
-    job = await db.run_protocol(queue.claim, request.ctx.principal, machine_id, container_group_id)
-    if job is not None:
-        metrics.CLAIMS.inc()
-    return json([] if job is None else [serialize.job(job)])
+    key = wakeups.group_key(container_group_id)
+    hub = wakeups.hub
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    woken = False
+    while True:
+        generation = hub.generation(key)
+        job = await _claim(request, machine_id, container_group_id, key)
+        if job is not None:
+            if woken:
+                # Woken for a job and got one: there may be more (a batch), pass it on.
+                hub.wake(key)
+            return json([serialize.job(job)])
+        remaining = deadline - loop.time()
+        if remaining <= 0 or hub.closing:
+            return json([])
+        if hub.generation(key) != generation:
+            continue  # woken while claiming: look again at once
+        ticket, future = hub.park(key)
+        try:
+            await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            hub.still_empty(_cache_entry(request, machine_id, key), key, generation)
+            return json([])
+        finally:
+            # Woken, timed out, or cancelled because the client went away: never left behind.
+            hub.unpark(key, ticket)
+        if hub.closing or request.conn_info is None or request.conn_info.lost:
+            return json([])  # nobody to hand a job to: leave it for a live waiter
+        woken = True
 
 
 @bp.post("/jobs/<job_id:uuid>/heartbeat")
@@ -124,6 +207,7 @@ async def failed(request: Request, job_id):
                                  kind=kind)
     if recorded:
         (metrics.NODE_FAILURES if kind == "node" else metrics.FAILURES).inc()
+        reallocation.banned(request.ctx.principal, machine_id, job.container_group_id)
     return json(_answer(job, recorded, "Job failure recorded"), status=202)
 
 

@@ -71,3 +71,35 @@ def test_cli_version_and_help_list_every_variable():
                      "INPUT_DIR", "CHECKPOINT_DIR", "OUTPUT_DIR", "AWS_ENDPOINT_URL_S3",
                      "AWS_REGION", "AWS_CA_BUNDLE", "KELPIE_IMDS_URL"):
         assert required in help_text
+
+
+def test_readme_table_is_written_from_the_declarations():
+    from pathlib import Path
+
+    from tests.agent.settings_table import table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert table() in readme, "regenerate with: python -m tests.agent.settings_table"
+
+
+def test_every_setting_is_read_by_load(tmp_path):
+    """Each declared variable changes the loaded Config: none is declared but ignored."""
+    base = {"KELPIE_API_URL": "http://a", "KELPIE_WORK_DIR": str(tmp_path)}
+    defaults = load(base)
+    (tmp_path / "ca.pem").write_text("x")
+    samples = {"KELPIE_API_URL": "http://b", "KELPIE_LOG_LEVEL": "debug",
+               "FILE_WATCHER_MODE": "poll", "KELPIE_S3_ADDRESSING_STYLE": "path",
+               "KELPIE_WORK_DIR": str(tmp_path / "w"), "AWS_CA_BUNDLE": str(tmp_path / "ca.pem"),
+               "KELPIE_IMDS_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:8",
+               "AWS_ENDPOINT_URL": "http://127.0.0.1:7",
+               "KELPIE_RECREATE_BETWEEN_JOBS": "true", "KELPIE_FAST_SMALL_TRANSFERS": "false",
+               "KELPIE_STATE_FILE": ""}
+    for setting in agent_config.SETTINGS:
+        if setting in agent_config.BOTOCORE_SETTINGS:
+            continue
+        for name in setting.names:
+            value = samples.get(name, "77" if setting.default and setting.default[0].isdigit()
+                                else "some-value")
+            extra = {"SALAD_PROJECT_NAME": "p"} if name == "SALAD_API_KEY" else {}
+            loaded = load({**base, **extra, name: value})
+            assert loaded != defaults, f"{name} is declared but load() ignores it"

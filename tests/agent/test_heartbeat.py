@@ -8,7 +8,6 @@ from a script the test changes as it goes.
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -49,8 +48,9 @@ def api():
 @pytest.fixture
 def heartbeat(api, make_config, imds):
     config = make_config(KELPIE_API_URL=api.url, MAX_RETRIES="1")
-    worker = SimpleNamespace(client=ApiClient(config, Imds(imds.url)), imds=Imds(imds.url))
-    beat = Heartbeat(worker, "job-1", interval=0.05)
+    beat = Heartbeat(ApiClient(config, Imds(imds.url)), "job-1", interval=0.05,
+                     on_beat=lambda count: beat.on_beat_calls.append(count))
+    beat.on_beat_calls = []
     beat.start()
     yield beat
     beat.stop()
@@ -87,11 +87,11 @@ def test_no_exception_ends_the_thread(api, heartbeat, monkeypatch):
     api.beats_after(0)
     calls = []
 
-    def broken(cost):
-        calls.append(cost)
+    def broken(count):
+        calls.append(count)
         raise RuntimeError("an unforeseen bug")
 
-    monkeypatch.setattr(heartbeat.worker.imds, "set_deletion_cost", broken)
+    monkeypatch.setattr(heartbeat, "on_beat", broken)
     api.beats_after(api.beats, more=5)
     assert len(calls) >= 3 and heartbeat.thread.is_alive() and not heartbeat.lost.is_set()
 
@@ -125,8 +125,7 @@ def test_heartbeats_keep_a_fixed_rate_behind_a_slow_api(make_config, imds, delay
     interval = 0.5
     with SlowApi(delay) as api:
         config = make_config(KELPIE_API_URL=api.url, MAX_RETRIES="1")
-        worker = SimpleNamespace(client=ApiClient(config, Imds(imds.url)), imds=Imds(imds.url))
-        beat = Heartbeat(worker, "job-1", interval=interval)
+        beat = Heartbeat(ApiClient(config, Imds(imds.url)), "job-1", interval=interval)
         beat.start()
         try:
             api.beats_after(0, more=6)

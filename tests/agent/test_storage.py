@@ -4,6 +4,7 @@ import gzip
 import os
 import re
 import threading
+import time
 
 import pytest
 
@@ -280,3 +281,171 @@ def test_a_file_rewritten_during_its_upload_never_replaces_the_object(storage, b
     assert failed == [] and changed == {"last.pt"}
     body = storage.client.get_object(Bucket=bucket, Key="rw/last.pt")["Body"].read()
     assert body == b"g" * size  # the good object stayed
+
+
+def test_listing_in_pages_matches_botocore_and_restores_everything(storage, bucket, tmp_path,
+                                                                   monkeypatch):
+    """Small pages force several continuation tokens; awkward names survive the lean
+    client's URL-encoded listing exactly as they do botocore's."""
+    import agent.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "FIRST_PAGE_KEYS", 2)
+    monkeypatch.setattr(storage_module, "LIST_PAGE_KEYS", 3)
+    source = tmp_path / "up"
+    names = [f"f-{i}.bin" for i in range(6)] + ["with space+plus.txt", "ünï/ß%41&x.txt",
+                                                 "unit/a.bin", "unit/b.bin"]
+    for i, name in enumerate(names):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(os.urandom(100 + i))
+    rule = SyncRule(bucket, "pages/", source)
+    assert storage.upload_files(rule, names) == []
+    listed = [(o["Key"], o["Size"], o["ETag"]) for o in storage.list_objects(bucket, "pages/")]
+    pages = storage.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix="pages/")
+    expected = [(o["Key"], o["Size"], o["ETag"]) for page in pages for o in page["Contents"]]
+    assert sorted(listed) == sorted(expected) and len(listed) == len(names)
+    fingerprints = storage.download_rule(SyncRule(bucket, "pages/", tmp_path / "down"))
+    assert set(fingerprints) == set(names)
+    for name in names:
+        assert (tmp_path / "down" / name).read_bytes() == (source / name).read_bytes()
+        assert fingerprints[name] == Fingerprint.of(tmp_path / "down" / name)
+
+
+def test_listing_error_is_botocores(storage, tmp_path):
+    """agent.blame judges a failed restore by botocore's error code (NoSuchBucket is the
+    job's problem): the lean listing must not replace it with a bare status."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        list(storage.list_objects("no-such-bucket-xyz", "p/"))
+    assert caught.value.response["Error"]["Code"] == "NoSuchBucket"
+
+
+def test_listing_failure_stops_downloads_already_started(storage, bucket, tmp_path,
+                                                         monkeypatch):
+    """Downloads of the first page start while the listing goes on; if a later page fails,
+    every started download has stopped before the error reaches the caller (which may clean
+    the directory next)."""
+    import agent.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "FIRST_PAGE_KEYS", 3)
+    for i in range(6):
+        storage.client.put_object(Bucket=bucket, Key=f"lf/f-{i}.bin", Body=os.urandom(1000))
+    real_list_page, real_get = storage._list_page, storage._get_to_file
+    first_page_started = threading.Event()
+    running, ended = [], []
+
+    def list_page(bucket_name, prefix, max_keys, token):
+        if token is None:
+            return real_list_page(bucket_name, prefix, max_keys, token)
+        assert first_page_started.wait(10)  # a download of page 1 is under way
+        raise ConnectionError("listing cut")
+
+    def get_to_file(*args, **kwargs):
+        running.append(args[1])
+        first_page_started.set()
+        try:
+            time.sleep(0.2)  # still writing when the listing fails
+            return real_get(*args, **kwargs)
+        finally:
+            ended.append(args[1])
+
+    monkeypatch.setattr(storage, "_list_page", list_page)
+    monkeypatch.setattr(storage, "_get_to_file", get_to_file)
+    with pytest.raises(ConnectionError):
+        storage.download_rule(SyncRule(bucket, "lf/", tmp_path / "down"))
+    assert running and sorted(ended) == sorted(running)
+    assert not list((tmp_path / "down").glob("*.kelpie-partial"))
+
+
+def test_file_gone_before_its_upload_is_not_reported(storage, bucket, tmp_path):
+    (tmp_path / "here.bin").write_bytes(b"x")
+    done = {}
+    rule = SyncRule(bucket, "gone/", tmp_path)
+    assert storage.upload_files(rule, ["here.bin", "gone.bin"],
+                                on_done=lambda rel, fp: done.update({rel: fp})) == []
+    assert done == {"here.bin": Fingerprint.of(tmp_path / "here.bin")}
+
+
+def test_a_symlinked_subdirectory_that_leaves_the_directory_is_refused(storage, bucket,
+                                                                      tmp_path):
+    """The per-file path check (resolved once per download, one lstat per component) still
+    refuses a key whose directory is a symlink leading outside, and still follows one that
+    stays inside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    down = tmp_path / "down"
+    (down / "inside").mkdir(parents=True)
+    (down / "out").symlink_to(outside)
+    (down / "in").symlink_to(down / "inside")
+    for key in ("s/out/evil.txt", "s/in/good.txt", "s/plain.txt"):
+        storage.client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    fingerprints = storage.download_rule(SyncRule(bucket, "s/", down))
+    assert list(outside.iterdir()) == []
+    assert (down / "inside" / "good.txt").read_bytes() == b"s/in/good.txt"
+    assert (down / "plain.txt").read_bytes() == b"s/plain.txt"
+    assert "out/evil.txt" not in fingerprints and "plain.txt" in fingerprints
+
+
+def test_a_file_planted_at_the_partial_name_is_never_written_through(storage, bucket, tmp_path):
+    """The partial file is created with O_EXCL: a leftover partial file from an interrupted
+    run is replaced, and a symlink planted under the partial name is removed, not followed."""
+    down = tmp_path / "down"
+    down.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    (down / "a.bin.kelpie-partial").symlink_to(victim)
+    (down / "b.bin.kelpie-partial").write_bytes(b"stale half of an older download" * 1000)
+    a, b = os.urandom(70000), os.urandom(1000)
+    storage.client.put_object(Bucket=bucket, Key="pt/a.bin", Body=a)
+    storage.client.put_object(Bucket=bucket, Key="pt/b.bin", Body=b)
+    fingerprints = storage.download_rule(SyncRule(bucket, "pt/", down))
+    assert victim.read_bytes() == b"keep me"
+    assert (down / "a.bin").read_bytes() == a and (down / "b.bin").read_bytes() == b
+    assert sorted(p.name for p in down.iterdir()) == ["a.bin", "b.bin"]
+    assert fingerprints == {"a.bin": Fingerprint.of(down / "a.bin"),
+                            "b.bin": Fingerprint.of(down / "b.bin")}
+
+
+def test_a_symlinked_download_directory_reports_plain_rels(storage, bucket, tmp_path):
+    """The fingerprints are keyed by the file's path under the rule's directory as the
+    directory is named, also when that name is a symlink (as the sync compares them with the
+    files it walks), whether the file came in one GET or in parts."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    small, big = os.urandom(1000), os.urandom(6 * 1024 * 1024)
+    storage.client.put_object(Bucket=bucket, Key="ln/sub/small.bin", Body=small)
+    storage.client.put_object(Bucket=bucket, Key="ln/big.bin", Body=big)
+    fingerprints = storage.download_rule(SyncRule(bucket, "ln/", tmp_path / "link"))
+    assert set(fingerprints) == {"sub/small.bin", "big.bin"}
+    assert (real / "sub" / "small.bin").read_bytes() == small
+    assert (real / "big.bin").read_bytes() == big
+
+
+def test_small_bodies_are_read_in_one_call(storage, bucket, tmp_path):
+    """A body of at most one chunk is read whole (one read() of its exact length, not read
+    calls of READ_CHUNK bytes, each of which makes http.client allocate a chunk-sized
+    buffer); a larger one still streams in chunks."""
+    from agent.storage import READ_CHUNK
+
+    storage.client.put_object(Bucket=bucket, Key="rd/small.bin", Body=os.urandom(65536))
+    storage.client.put_object(Bucket=bucket, Key="rd/large.bin",
+                              Body=os.urandom(READ_CHUNK + 5))
+    reads: dict[str, list] = {}
+    real_open = storage._open
+
+    def counting_open(bucket_name, key, *args, **kwargs):
+        read, done, encoding, length = real_open(bucket_name, key, *args, **kwargs)
+
+        def read_logged(*read_args):
+            reads.setdefault(key, []).append(read_args)
+            return read(*read_args)
+        return read_logged, done, encoding, length
+
+    storage._open = counting_open
+    storage.download_rule(SyncRule(bucket, "rd/", tmp_path / "down"))
+    assert reads["rd/small.bin"] == [()]
+    assert all(args == (READ_CHUNK,) for args in reads["rd/large.bin"])
+    assert (tmp_path / "down" / "small.bin").stat().st_size == 65536
+    assert (tmp_path / "down" / "large.bin").stat().st_size == READ_CHUNK + 5

@@ -210,6 +210,17 @@ def test_node_failure_returns_the_job_uncharged_and_bans_the_machine(api, user_k
     assert fetched["status"] == "failed" and fetched["num_failures"] == 1
 
 
+def test_a_node_failure_reason_says_node_failure_once(api, user_key):
+    # Our agent's reasons already start with "node failure:" (agent/blame.py).
+    job = submit(api, user_key, container_group_id="node-once")
+    claim(api, user_key, "m1", "node-once")
+    report(api, user_key, job["id"], "failed", "m1", "node-once", kind="node",
+           reason="node failure: storage unreachable (refused)")
+    _, events = api.request("GET", f"/jobs/{job['id']}/events", key=user_key)
+    failed = [e for e in events["events"] if e["kind"] == "attempt_failed"]
+    assert failed[0]["reason"] == "node failure: storage unreachable (refused)"
+
+
 def test_failure_kind_must_be_job_or_node(api, user_key):
     job = submit(api, user_key, container_group_id="kind")
     claim(api, user_key, "m1", "kind")
