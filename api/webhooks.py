@@ -136,6 +136,8 @@ class Claimed:
     attempts: int
     token: str
     secret: str | None
+    # When this try was leased: a try that began before the give-up moment is not the last one.
+    started: datetime
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ def claim_due(limit: int, settings: Settings, busy: dict[str, int] | None = None
                 last_attempt=now,
             ).where(WebhookDelivery.id == row.id).execute()
             claimed.append(Claimed(row.id, row.job_id, row.url, row.body, row.created,
-                                   row.attempts + 1, token, users.webhook_secret(row.user_id)))
+                                   row.attempts + 1, token, users.webhook_secret(row.user_id), now))
     return claimed
 
 
@@ -242,7 +244,7 @@ def record(claimed: Claimed, outcome: Outcome, settings: Settings) -> str:
     give_up_at = claimed.created + timedelta(seconds=settings.webhook_give_up)
     if outcome.ok:
         fields.update(status=DELIVERED, delivered=now)
-    elif outcome.permanent or now >= give_up_at:
+    elif outcome.permanent or claimed.started >= give_up_at:
         fields.update(status=FAILED)
     else:
         # One last try at the give-up moment rather than none after the last long wait.

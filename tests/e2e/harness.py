@@ -67,6 +67,12 @@ class Agent:
     def logged(self, message_part: str) -> list[dict]:
         return [line for line in self.log_lines() if message_part in line.get("message", "")]
 
+    def wait_logged(self, message_part: str, timeout: float = 30) -> list[dict]:
+        """The lines logged so far with `message_part`, once there is one. The API can show a
+        report's effect before the agent, back from that request, has logged it."""
+        return wait_until(lambda: self.logged(message_part), timeout=timeout,
+                          message=f"the agent never logged {message_part!r}")
+
     def output(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

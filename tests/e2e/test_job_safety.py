@@ -75,7 +75,7 @@ def test_data_baked_into_the_image_survives_the_job(jobs, agents, s3, bucket, tm
     jobs.wait_status(job["id"], "completed", timeout=60, agents=[agent])
 
     assert read_object(s3, bucket, "baked/out/results/score.txt") == b"0.93"
-    agent_idle = agent.logged("kept what was there before")
+    agent_idle = agent.wait_logged("kept what was there before")
     assert agent_idle and agent_idle[-1]["kept"] == 2, agent.output()[-3000:]
     # What was baked in stays (config.json was replaced by the download, so it goes with it);
     # what the download and the run added is gone.
@@ -108,6 +108,6 @@ def test_a_local_path_leading_into_a_system_directory_fails_the_attempt(
     jobs.wait_status(job["id"], "failed", timeout=60, agents=[agent])
 
     assert (system_dir_canary / "canary").read_text() == "still here"
-    [reported] = agent.logged("reported failed")
+    [reported] = agent.wait_logged("reported failed")
     assert "invalid job" in reported["reason"] and f"really {system_dir_canary}" in reported[
         "reason"] and "system" in reported["reason"]
