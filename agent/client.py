@@ -1,4 +1,5 @@
-"""The Kelpie API as the worker sees it (docs: /work/briefs/protocol.md), on urllib3.
+"""The Kelpie API as the worker sees it, on urllib3 (the worker protocol: the original's routes in
+../shared/spec/original-routes.md, and docs/agent.md).
 
 Connection errors and 5xx answers are retried with backoff and jitter; 4xx answers are final and
 raised as `ApiError` so the caller can tell "the API said no" (e.g. 409: not our job any more) from

@@ -72,12 +72,6 @@ class Imds:
             raise ImdsUnavailable("IMDS /v1/token answered no jwt")
         return jwt
 
-    def status(self) -> dict | None:
-        try:
-            return self._call("GET", "/v1/status")
-        except ImdsUnavailable:
-            return None
-
     def set_deletion_cost(self, cost: int) -> None:
         """Best effort; only sends when the value changes."""
         if cost == self._last_deletion_cost:

@@ -29,7 +29,6 @@ class JobPlan:
     command: str
     arguments: list[str]
     environment: dict[str, str]
-    heartbeat_interval: float
     timeout_s: float | None = None  # wall-clock limit of one attempt, from the claim
     before: list[SyncRule] = field(default_factory=list)
     during: list[SyncRule] = field(default_factory=list)
@@ -81,12 +80,10 @@ def _timeout(value) -> float | None:
 
 def plan_for(job: dict, config: Config) -> JobPlan:
     compression = bool(job.get("compression"))
-    interval = job.get("heartbeat_interval") or 30
     plan = JobPlan(
         job_id=job["id"], command=job.get("command") or "",
         arguments=[str(a) for a in job.get("arguments") or []],
         environment={str(k): str(v) for k, v in (job.get("environment") or {}).items()},
-        heartbeat_interval=float(interval),
         timeout_s=_timeout(job.get("timeout_s")),
     )
     if not plan.command:

@@ -49,10 +49,6 @@ class StateFile(TransferListener):
             self._state.update(fields)
         self._dirty.set()
 
-    def snapshot(self) -> dict:
-        with self._lock:
-            return json.loads(json.dumps(self._state, default=str))
-
     def started(self, kind: str, bucket: str, key: str, size: int | None) -> None:
         with self._lock:
             self._state[kind + "s"][f"s3://{bucket}/{key}"] = {

@@ -19,7 +19,6 @@ from agent.log import get_logger, job_thread
 
 log = get_logger(__name__)
 
-IN_MODIFY = 0x2
 IN_CLOSE_WRITE = 0x8
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80

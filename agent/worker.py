@@ -160,7 +160,6 @@ class Worker:
         self.last_refusal = ""
         self.failures_here = 0  # the jobs' own failures here (MAX_JOB_FAILURES: reallocate)
         self.node_failures = 0  # this node's failures (MAX_JOB_FAILURES: exit non-zero)
-        self.jobs_run = 0
 
     # --- signals ---
 
@@ -307,7 +306,6 @@ class Worker:
             agent_log.current_job_id.reset(token)
 
     def _run_job_inner(self, job: dict) -> None:
-        self.jobs_run += 1
         job_id = job["id"]
         log.info("claimed a job", extra={"command": job.get("command"),
                                          "attempt_machine": self.config.machine_id})

@@ -12,7 +12,7 @@ def test_sync_job_plan_resolves_local_paths(make_config, tmp_path):
                  "during": [{"bucket": "b", "prefix": "ck/", "local_path": "/abs/ck",
                              "pattern": r"\.pt$"}],
                  "after": []}}, config)
-    assert plan.arguments == ["a", "1"] and plan.heartbeat_interval == 2
+    assert plan.arguments == ["a", "1"]
     [before] = plan.before
     assert before.prefix == "in/" and before.local_dir == tmp_path / "inputs"
     assert before.compression
