@@ -8,7 +8,6 @@ from 169.254.169.254.
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import time
@@ -22,6 +21,7 @@ from tests.build.tls import TlsWorkServer, make_test_pki
 from tests.support.api_process import ApiProcess
 from tests.support.imds import FakeImds
 from tests.support.net import wait_until
+from tests.support.processes import stop_process
 from tests.support.seaweed import SeaweedFS
 
 pytestmark = pytest.mark.slow
@@ -69,15 +69,9 @@ def wait_for_job(api: ApiProcess, key: str, job_id: str, agent: subprocess.Popen
 
 
 def stop_agent(process: subprocess.Popen, timeout: float = 30) -> int:
-    """SIGTERM, as `docker stop` sends it, through both bootloaders to the agent."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
+    """SIGTERM, as `docker stop` sends it, through both bootloaders to the agent; -9 when it
+    had to be killed."""
+    return stop_process(process, timeout=timeout)
 
 
 def test_version_in_empty_root(empty_root):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.support.net import wait_until
+from tests.support.processes import kill_group, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO_ROOT / "examples" / "train.py")
@@ -101,27 +102,14 @@ class Agent:
             self.signal(signal.SIGKILL)
             self.process.wait()
         if child:
-            try:
-                os.killpg(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(child)
 
     def stop(self, timeout: float = 20) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill_hard()
+        code = stop_process(self.process, timeout=timeout, escalate=self.kill_hard)
         child = self.child_pid()
         if child:
-            try:
-                os.killpg(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return self.process.returncode
+            kill_group(child)  # a job the agent left behind must not outlive the test
+        return code
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tests.support.net import free_port
+from tests.support.processes import stop_process
 
 S3_ACCESS_KEY = "kelpie-test"
 
@@ -135,13 +136,7 @@ class SeaweedFS:
         return name
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, group=True)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
