@@ -1,12 +1,16 @@
-"""Fixtures shared by every suite: databases (SQLite and PostgreSQL) and the API as a real
-process on loopback. Suite-specific fixtures live in each folder's own conftest."""
+"""Fixtures shared by every suite: databases (SQLite and PostgreSQL), the API as a real process
+on loopback, SeaweedFS and the IMDS stand-in. Suite-specific fixtures live in each folder's own
+conftest."""
 
 import os
+import secrets
 
 import pytest
 
 from tests.support import postgres
 from tests.support.api_process import ApiProcess
+from tests.support.imds import FakeImds
+from tests.support.seaweed import SeaweedFS
 
 # Nothing a test starts may reach a cloud metadata service.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -30,16 +34,61 @@ def database_url(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(database_url, tmp_path_factory):
+def postgres_url():
+    """A fresh PostgreSQL database for this module alone, whatever `database_url` is."""
+    name, url = postgres.create_database()
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory):
+    """Factory: api_server(database_url, env={...}, workers=N) starts an API process with its own
+    log; every one started stops at the end of the module."""
+    started: list[ApiProcess] = []
+
+    def start(database_url: str, *, env: dict | None = None, workers: int = 1) -> ApiProcess:
+        server = ApiProcess(database_url, env=env, workers=workers,
+                            log_path=tmp_path_factory.mktemp("api") / "api.log")
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(database_url, api_server):
     """The API on a fresh database, once per test module and dialect."""
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
-    server = ApiProcess(database_url, log_path=log_path)
-    server.start()
-    yield server
-    server.stop()
+    return api_server(database_url)
 
 
 @pytest.fixture
 def user_key(api, request):
     """A new user for this test alone: tests stay independent on a shared database."""
     return api.create_user(request.node.name[:200])
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    store = SeaweedFS(data_dir=tmp_path_factory.mktemp("seaweed"))
+    store.start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def bucket(seaweed):
+    return seaweed.create_bucket("test-" + secrets.token_hex(6))
+
+
+@pytest.fixture
+def s3(seaweed):
+    return seaweed.client()
+
+
+@pytest.fixture
+def imds():
+    with FakeImds() as fake:
+        yield fake

@@ -1,35 +1,9 @@
-"""Fixtures for the agent's unit and integration tests: a loopback SeaweedFS for the session,
-an IMDS stand-in, and a Config built from a dict of environment variables."""
-
-import os
-import secrets
+"""Fixtures for the agent's unit and integration tests: a Config built from a dict of environment
+variables (SeaweedFS, buckets and the IMDS stand-in come from tests/conftest.py)."""
 
 import pytest
 
 from agent import config as agent_config
-from tests.support.imds import FakeImds
-from tests.support.seaweed import SeaweedFS
-
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    store = SeaweedFS(data_dir=tmp_path_factory.mktemp("seaweed"))
-    store.start()
-    yield store
-    store.stop()
-
-
-@pytest.fixture
-def bucket(seaweed):
-    return seaweed.create_bucket("unit-" + secrets.token_hex(6))
-
-
-@pytest.fixture
-def imds():
-    with FakeImds() as fake:
-        yield fake
 
 
 @pytest.fixture

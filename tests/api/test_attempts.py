@@ -18,13 +18,9 @@ GRACE_S = 3
 
 
 @pytest.fixture(scope="module")
-def api(database_url, tmp_path_factory):
+def api(database_url, api_server):
     """This module's API: leases of exactly 2 × interval (grace 0), fast webhooks."""
-    server = ApiProcess(database_url, env={**FAST_WEBHOOKS, "KELPIE_LEASE_GRACE_S": "0"},
-                        log_path=tmp_path_factory.mktemp("api") / "api.log")
-    server.start()
-    yield server
-    server.stop()
+    return api_server(database_url, env={**FAST_WEBHOOKS, "KELPIE_LEASE_GRACE_S": "0"})
 
 
 @pytest.fixture

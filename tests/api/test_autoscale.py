@@ -36,12 +36,8 @@ def _env(salad_api: SaladApi, interval: float) -> dict:
 
 
 @pytest.fixture(scope="module")
-def api(database_url, salad_api, tmp_path_factory):
-    server = ApiProcess(database_url, env=_env(salad_api, INTERVAL),
-                        log_path=tmp_path_factory.mktemp("api") / "api.log")
-    server.start()
-    yield server
-    server.stop()
+def api(database_url, salad_api, api_server):
+    return api_server(database_url, env=_env(salad_api, INTERVAL))
 
 
 @pytest.fixture

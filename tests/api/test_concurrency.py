@@ -6,21 +6,14 @@ from collections import Counter
 import pytest
 
 from tests.api.jobdefs import sync_job
-from tests.support import postgres
-from tests.support.api_process import ApiProcess
 
 CLAIMERS = 32
 JOBS = 500
 
 
 @pytest.fixture(scope="module")
-def pg_api(tmp_path_factory):
-    name, url = postgres.create_database("concurrency")
-    server = ApiProcess(url, workers=2, log_path=tmp_path_factory.mktemp("api") / "api.log")
-    server.start()
-    yield server
-    server.stop()
-    postgres.drop_database(name)
+def pg_api(postgres_url, api_server):
+    return api_server(postgres_url, workers=2)
 
 
 def test_every_job_is_claimed_exactly_once(pg_api):

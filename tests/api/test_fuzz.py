@@ -7,17 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.api_process import ApiProcess
-
 
 @pytest.fixture(scope="module")
-def fuzz_api(database_url, tmp_path_factory):
+def fuzz_api(database_url, api_server):
     # Its own server and database: the fuzzer also calls the administrator's destructive routes.
-    log_path = tmp_path_factory.mktemp("fuzz") / "api.log"
-    server = ApiProcess(database_url, log_path=log_path)
-    server.start()
-    yield server
-    server.stop()
+    return api_server(database_url)
 
 
 def test_no_generated_input_causes_a_server_error(fuzz_api, tmp_path):

@@ -23,14 +23,12 @@ GROUP = "metrics-group"
 
 
 @pytest.fixture(scope="module")
-def two_workers(database_url, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("metrics")
-    server = ApiProcess(database_url, workers=2, log_path=directory / "api.log",
-                        env={"PROMETHEUS_MULTIPROC_DIR": str(directory / "prom")})
-    server.multiproc_dir = directory / "prom"
-    server.start()
-    yield server
-    server.stop()
+def two_workers(database_url, api_server, tmp_path_factory):
+    multiproc_dir = tmp_path_factory.mktemp("metrics") / "prom"
+    server = api_server(database_url, workers=2,
+                        env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)})
+    server.multiproc_dir = multiproc_dir
+    return server
 
 
 def scrape(api, key=None, send_key=True) -> dict:

@@ -11,8 +11,6 @@ import urllib.request
 import pytest
 
 from tests.api.jobdefs import sync_job
-from tests.support import postgres
-from tests.support.api_process import ApiProcess
 
 READERS = 6
 
@@ -69,16 +67,9 @@ def test_heartbeats_do_not_queue_behind_a_noisy_tenants_reads(api, user_key, dat
 
 
 @pytest.fixture(scope="module")
-def two_workers_on_postgres(tmp_path_factory):
+def two_workers_on_postgres(postgres_url, api_server):
     """Two API worker processes on PostgreSQL: the deployment the issue measured."""
-    name, url = postgres.create_database("lane")
-    server = ApiProcess(url, workers=2, log_path=tmp_path_factory.mktemp("api") / "api.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        postgres.drop_database(name)
+    return api_server(postgres_url, workers=2)
 
 
 def _get_raw(server, path: str, key: str) -> int:

@@ -72,15 +72,11 @@ def _env(identity: FakeSaladIdentity, salad_api: SaladApi, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(database_url, identity, salad_api, tmp_path_factory):
+def server(database_url, identity, salad_api, api_server):
     """The API, trusting Salad answers for a minute and JWKS keys for a second (so every test
     also exercises the refresh path)."""
-    process = ApiProcess(database_url, log_path=tmp_path_factory.mktemp("api") / "api.log",
-                         env=_env(identity, salad_api, KELPIE_SALAD_AUTH_CACHE_S="60",
-                                  KELPIE_SALAD_JWKS_CACHE_S="1"))
-    process.start()
-    yield process
-    process.stop()
+    return api_server(database_url, env=_env(identity, salad_api, KELPIE_SALAD_AUTH_CACHE_S="60",
+                                             KELPIE_SALAD_JWKS_CACHE_S="1"))
 
 
 @pytest.fixture

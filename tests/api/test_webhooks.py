@@ -32,13 +32,9 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def api(database_url, tmp_path_factory):
+def api(database_url, api_server):
     """This module's API: the shared fixture's, with fast webhook retries."""
-    server = ApiProcess(database_url, env=FAST,
-                        log_path=tmp_path_factory.mktemp("api") / "api.log")
-    server.start()
-    yield server
-    server.stop()
+    return api_server(database_url, env=FAST)
 
 
 @pytest.fixture

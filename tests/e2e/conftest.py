@@ -1,5 +1,6 @@
-"""End-to-end fixtures: one SeaweedFS and one API server (SQLite) for the session, a fresh user,
-bucket, container group and IMDS stand-in per test, and agents started on demand."""
+"""End-to-end fixtures: one API server (SQLite) for the session, a fresh user and container group
+per test, and agents started on demand (SeaweedFS, buckets and the IMDS stand-in come from
+tests/conftest.py)."""
 
 import os
 import secrets
@@ -8,19 +9,6 @@ import pytest
 
 from tests.e2e.harness import Agent, Jobs
 from tests.support.api_process import ApiProcess
-from tests.support.imds import FakeImds
-from tests.support.seaweed import SeaweedFS
-
-# Nothing in these tests may ever reach a link-local metadata address.
-os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    store = SeaweedFS(data_dir=tmp_path_factory.mktemp("seaweed"))
-    store.start()
-    yield store
-    store.stop()
 
 
 @pytest.fixture(scope="session")
@@ -30,22 +18,6 @@ def api(tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def s3(seaweed):
-    return seaweed.client()
-
-
-@pytest.fixture
-def bucket(seaweed):
-    return seaweed.create_bucket("e2e-" + secrets.token_hex(6))
-
-
-@pytest.fixture
-def imds():
-    with FakeImds() as fake:
-        yield fake
 
 
 @pytest.fixture

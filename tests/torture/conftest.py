@@ -1,6 +1,7 @@
-"""The torture suite runs on the end-to-end fixtures: one SeaweedFS and one API server for the
-session, a fresh user, bucket and container group per test, agents started on demand."""
+"""The torture suite runs on the end-to-end fixtures: one API server for the session, a fresh
+user and container group per test, agents started on demand; SeaweedFS and buckets come from
+tests/conftest.py."""
 
-from tests.e2e.conftest import agents, api, bucket, group, imds, jobs, s3, seaweed, user_key
+from tests.e2e.conftest import agents, api, group, jobs, user_key
 
-__all__ = ["agents", "api", "bucket", "group", "imds", "jobs", "s3", "seaweed", "user_key"]
+__all__ = ["agents", "api", "group", "jobs", "user_key"]
