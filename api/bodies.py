@@ -5,14 +5,17 @@ from it:
 
 - the OpenAPI document's component schema (`openapi_schema`, registered by api/schemas.py), and
 - the limits the validators enforce: api/jobspec.py, api/routes/users.py and
-  api/routes/scaling_rules.py read field names, bounds, lengths and defaults from here
-  (`known_fields`, `bounds`, `max_length`, `max_items`, `default`) instead of writing them again.
+  api/routes/scaling_rules.py take field names, bounds, lengths, choices and defaults from here
+  (`object_of`, `known_fields`, `bounds`, `min_length`, `max_length`, `choices`, `default`)
+  instead of writing them again.
 
 The validators themselves stay hand-written rather than calling `model_validate`: they report
 the first bad field as `{"error", "message", "field"}` in the order and words clients already
-depend on, they apply the rules a JSON schema cannot state (S3 bucket names, execve's byte
-limits, webhook destinations, linear-time patterns, either `sync` or the six legacy fields),
-and a batch of 1,000 jobs goes through them no slower than before. tests/api/test_bodies.py
+depend on (pydantic's own messages never reach a client), and they apply the rules a JSON
+schema cannot state (S3 bucket names, execve's byte limits, webhook destinations, linear-time
+patterns, either `sync` or the six legacy fields), which is where a batch's validation time
+goes; pydantic checking types and bounds first would add its time, not replace any.
+tests/api/test_bodies.py
 checks that the served document is exactly what these models produce, and that every limit
 the validators enforce is one the document states.
 """
