@@ -24,13 +24,8 @@ from datetime import timedelta
 from api import db, metrics, queue, salad
 from api.models import Job, LoopLease, ScalingRule
 
-# A scaling rule's numbers: field -> (minimum, maximum), as the original validates them. The
-# route enforces these and the OpenAPI document (api/schemas.py) states them, from here.
-RULE_LIMITS = {
-    "min_replicas": (0, 500),
-    "max_replicas": (0, 500),
-    "idle_threshold_seconds": (0, 3600),
-}
+# A scaling rule's limits (0-500 replicas, 0-3600 s idle) are declared with its request body,
+# in api/bodies.py.
 
 log = logging.getLogger("kelpie.autoscale")
 

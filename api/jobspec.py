@@ -9,35 +9,53 @@ accepts a job the agent would refuse: `pattern` is compiled by its linear-time e
 directory, no climbing out of the work directory).
 """
 
+from functools import lru_cache
 from urllib.parse import urlparse
 
 from agent.paths import local_path_problem
 from agent.pattern import PatternRefused, compile_pattern
 from api import buckets, egress, execve
+from api.bodies import LEGACY_FIELDS, JobRequest, Sync, SyncEntry, bounds, known_fields, max_length
 from api.config import Settings
 from api.errors import ValidationError
 from api.fields import is_storable, text
 
-LEGACY_FIELDS = (
-    "input_bucket", "input_prefix",
-    "checkpoint_bucket", "checkpoint_prefix",
-    "output_bucket", "output_prefix",
-)
+# Every name, bound and length below is read from the models in api/bodies.py, which the
+# OpenAPI document is generated from: what is refused here is what the document states.
 SYNC_DIRECTIONS = {"before": "download", "during": "upload", "after": "upload"}
-SYNC_ENTRY_FIELDS = {"bucket", "prefix", "local_path", "direction", "pattern"}
-JOB_FIELDS = {
-    "command", "arguments", "environment", "sync", "webhook", "container_group_id",
-    "max_failures", "heartbeat_interval", "compression", "max_interruptions", "timeout_s",
-    *LEGACY_FIELDS,
-}
-MAX_COMMAND_PARTS = 1000
-MAX_COMMAND_LENGTH = 4096
-MAX_ID_LENGTH = 255  # container_group_id
-MAX_SYNC_ENTRIES = 100
-MAX_FAILURES_LIMIT = 1000
-MAX_HEARTBEAT_INTERVAL = 86400
-MAX_INTERRUPTIONS_LIMIT = 1_000_000
-MAX_TIMEOUT_S = 366 * 86400  # a year: jobs run for weeks, never for ever by accident
+assert set(SYNC_DIRECTIONS) == known_fields(Sync)
+SYNC_ENTRY_FIELDS = known_fields(SyncEntry)
+JOB_FIELDS = known_fields(JobRequest)
+MAX_COMMAND_PARTS = max_length(JobRequest, "arguments")
+MAX_COMMAND_LENGTH = max_length(JobRequest, "command")
+MAX_ID_LENGTH = max_length(JobRequest, "container_group_id")
+MAX_SYNC_ENTRIES = max_length(Sync, "before")
+MAX_PREFIX_LENGTH = max_length(SyncEntry, "prefix")
+MAX_LOCAL_PATH_LENGTH = max_length(SyncEntry, "local_path")
+MAX_WEBHOOK_LENGTH = max_length(JobRequest, "webhook")
+FAILURES = bounds(JobRequest, "max_failures")
+HEARTBEAT_INTERVAL = bounds(JobRequest, "heartbeat_interval")
+INTERRUPTIONS = bounds(JobRequest, "max_interruptions")
+TIMEOUT_S = bounds(JobRequest, "timeout_s")
+
+
+# The rules below are pure functions of one string, and the jobs of a batch name the same few
+# buckets, patterns and paths: each distinct value is judged once (a batch of 1,000 jobs spent
+# most of its validation compiling the same pattern a thousand times).
+CACHED_VALUES = 4096
+
+
+@lru_cache(maxsize=CACHED_VALUES)
+def _pattern_problem(pattern: str) -> str | None:
+    try:
+        compile_pattern(pattern)
+    except PatternRefused as error:
+        return error.reason
+    return None
+
+
+_bucket_problem = lru_cache(maxsize=CACHED_VALUES)(buckets.problem)
+_local_path_problem = lru_cache(maxsize=CACHED_VALUES)(local_path_problem)
 
 
 def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int:
@@ -52,7 +70,7 @@ def _integer(value, field: str, default: int, minimum: int, maximum: int) -> int
 
 
 def _prefix(value, field: str) -> str:
-    prefix = text(value, field, required=False) or ""
+    prefix = text(value, field, required=False, max_length=MAX_PREFIX_LENGTH) or ""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return prefix
@@ -69,14 +87,14 @@ def _sync_entry(entry, field: str, expected_direction: str) -> dict:
         raise ValidationError(f"{field}.direction", f"must be {expected_direction!r}")
     pattern = text(entry.get("pattern"), f"{field}.pattern", required=False)
     if pattern is not None:
-        try:
-            compile_pattern(pattern)
-        except PatternRefused as error:
-            raise ValidationError(f"{field}.pattern", error.reason) from None
+        problem = _pattern_problem(pattern)
+        if problem:
+            raise ValidationError(f"{field}.pattern", problem)
     bucket = _bucket(entry.get("bucket"), f"{field}.bucket")
     prefix = _prefix(entry.get("prefix"), f"{field}.prefix")
-    local_path = text(entry.get("local_path"), f"{field}.local_path")
-    problem = local_path_problem(local_path)
+    local_path = text(entry.get("local_path"), f"{field}.local_path",
+                      max_length=MAX_LOCAL_PATH_LENGTH)
+    problem = _local_path_problem(local_path)
     if problem:
         raise ValidationError(f"{field}.local_path", problem)
     return {
@@ -110,14 +128,14 @@ def _sync(value) -> dict:
 
 def _bucket(value, field: str) -> str:
     name = text(value, field, max_length=buckets.MAX_LENGTH)
-    problem = buckets.problem(name)
+    problem = _bucket_problem(name)
     if problem:
         raise ValidationError(field, problem)
     return name
 
 
 def _webhook(value, settings: Settings) -> str | None:
-    url = text(value, "webhook", required=False)
+    url = text(value, "webhook", required=False, max_length=MAX_WEBHOOK_LENGTH)
     if not url:
         return None
     try:
@@ -178,16 +196,16 @@ def parse_job(body, settings: Settings) -> dict:
         "webhook": _webhook(body.get("webhook"), settings),
         "container_group_id": text(body.get("container_group_id"), "container_group_id",
                                       required=False, max_length=MAX_ID_LENGTH) or None,
+        # The defaults are the running server's settings (KELPIE_DEFAULT_*); the models state
+        # their built-in values.
         "max_failures": _integer(body.get("max_failures"), "max_failures",
-                                 settings.default_max_failures, 1, MAX_FAILURES_LIMIT),
+                                 settings.default_max_failures, *FAILURES),
         "heartbeat_interval": _integer(body.get("heartbeat_interval"), "heartbeat_interval",
-                                       settings.default_heartbeat_interval, 1,
-                                       MAX_HEARTBEAT_INTERVAL),
+                                       settings.default_heartbeat_interval, *HEARTBEAT_INTERVAL),
         "max_interruptions": _integer(body.get("max_interruptions"), "max_interruptions",
-                                      settings.default_max_interruptions, 0,
-                                      MAX_INTERRUPTIONS_LIMIT),
+                                      settings.default_max_interruptions, *INTERRUPTIONS),
         # null (or absent): no limit on how long one attempt may run.
-        "timeout_s": _integer(body.get("timeout_s"), "timeout_s", None, 1, MAX_TIMEOUT_S),
+        "timeout_s": _integer(body.get("timeout_s"), "timeout_s", None, *TIMEOUT_S),
         "compression": compression,
         "sync": None,
         **{name: None for name in LEGACY_FIELDS},

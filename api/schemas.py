@@ -1,129 +1,25 @@
 """OpenAPI 3 component schemas for every request and response body.
 
-Registered with sanic-ext in `api.app`; routes refer to them with `ref("Name")`. Validation
-itself is done by `api.jobspec` (to name the failing field in the message); these schemas
-describe the same rules for clients and for schemathesis.
+Registered with sanic-ext in `api.app`; routes refer to them with `ref("Name")`. The request
+bodies' schemas are generated from their pydantic models in `api.bodies`, the one place their
+fields, limits and defaults are declared (the validators read the same models); the response
+bodies and the worker protocol's reports are written here.
 """
 
 from sanic_ext.extensions.openapi.definitions import Reference
 
-from agent.pattern import MAX_PATTERN_LENGTH, MAX_PROGRAM_SIZE
-from api import autoscale, buckets, execve
-from api.config import Settings
-from api.fields import MAX_TEXT_LENGTH
-from api.jobspec import (
-    MAX_COMMAND_LENGTH,
-    MAX_COMMAND_PARTS,
-    MAX_FAILURES_LIMIT,
-    MAX_HEARTBEAT_INTERVAL,
-    MAX_ID_LENGTH,
-    MAX_INTERRUPTIONS_LIMIT,
-    MAX_SYNC_ENTRIES,
-    MAX_TIMEOUT_S,
-)
+from api import bodies
+from api.bodies import LEGACY_FIELDS
 
-# The limits below are the ones api/jobspec.py enforces (tests/api/test_openapi_limits.py
-# compares them); the settings' defaults where an operator can change them.
-DEFAULTS = Settings()
-BUCKET = {"type": "string", "minLength": buckets.MIN_LENGTH, "maxLength": buckets.MAX_LENGTH,
-          "pattern": buckets.PATTERN,
-          "description": "An S3 bucket name: lowercase letters, digits, dots and hyphens."}
+DEFAULTS = bodies.DEFAULTS
 
 TIMESTAMP = {"type": "string", "format": "date-time", "nullable": True,
              "example": "2024-04-19T18:53:31.000Z"}
 STATUS = {"type": "string", "enum": ["pending", "running", "completed", "canceled", "failed"]}
 NULLABLE_STRING = {"type": "string", "nullable": True}
 
-SYNC_ENTRY = {
-    "type": "object",
-    "required": ["bucket", "local_path", "direction"],
-    "properties": {
-        "bucket": BUCKET,
-        "prefix": {"type": "string", "maxLength": MAX_TEXT_LENGTH,
-                   "description": "A trailing / is added when missing."},
-        "local_path": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_LENGTH,
-                       "description": "Absolute, or relative to the agent's work directory. "
-                       "Refused: relative paths that climb out of it (../x), the system's "
-                       "directories (/etc /usr /bin /sbin /lib* /proc /sys /dev /boot and below; "
-                       "/, /root, /home, /var, /tmp and ~ themselves)."},
-        "direction": {"type": "string", "enum": ["download", "upload"]},
-        "pattern": {"type": "string", "nullable": True, "maxLength": MAX_PATTERN_LENGTH,
-                    "description": "Regular expression (Python syntax) searched in the path "
-                    "relative to local_path, in linear time. Refused: backreferences, "
-                    "lookaround, conditionals, atomic groups, possessive repeats, and more than "
-                    f"{MAX_PROGRAM_SIZE} states once counted repeats are expanded."},
-    },
-    "additionalProperties": False,
-}
-
-SYNC = {
-    "type": "object",
-    "properties": {
-        "before": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
-                   "maxItems": MAX_SYNC_ENTRIES,
-                   "description": "Downloaded before the command starts (direction download)."},
-        "during": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
-                   "maxItems": MAX_SYNC_ENTRIES,
-                   "description": "Uploaded as files appear while it runs (direction upload)."},
-        "after": {"type": "array", "items": {"$ref": "#/components/schemas/SyncEntry"},
-                  "maxItems": MAX_SYNC_ENTRIES,
-                  "description": "Uploaded after it exits 0, before completion (direction upload)."},
-    },
-    "additionalProperties": False,
-}
-
-LEGACY_PROPERTIES = {
-    name: ({**BUCKET, "nullable": True} if name.endswith("_bucket")
-           else {"type": "string", "nullable": True, "maxLength": MAX_TEXT_LENGTH})
-    for name in ("input_bucket", "input_prefix", "checkpoint_bucket", "checkpoint_prefix",
-                 "output_bucket", "output_prefix")
-}
-# What the job's request shows on the wire; LEGACY_PROPERTIES above is for requests.
-LEGACY_RESPONSE = {name: {"type": "string", "nullable": True} for name in LEGACY_PROPERTIES}
-
-JOB_REQUEST = {
-    "type": "object",
-    "description": "Either `sync`, or all six legacy bucket/prefix fields.",
-    "required": ["command"],
-    "properties": {
-        "command": {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND_LENGTH},
-        "arguments": {"type": "array", "items": {"type": "string"},
-                      "maxItems": MAX_COMMAND_PARTS,
-                      "description": "Each at most "
-                      f"{execve.MAX_STRING_BYTES} bytes; command, arguments and environment "
-                      f"together at most {execve.MAX_TOTAL_BYTES} bytes (what execve accepts, "
-                      "with room for the node's own environment)."},
-        "environment": {"type": "object", "additionalProperties": {"type": "string"}},
-        "sync": {"allOf": [{"$ref": "#/components/schemas/Sync"}], "nullable": True},
-        **LEGACY_PROPERTIES,
-        "webhook": {"type": "string", "format": "uri", "nullable": True,
-                    "maxLength": MAX_TEXT_LENGTH,
-                    "description": "http or https. Refused with 400: link-local and cloud "
-                    "metadata addresses; private ones with KELPIE_WEBHOOK_DENY_PRIVATE; hosts "
-                    "outside KELPIE_WEBHOOK_ALLOWED_HOSTS when that is set."},
-        "container_group_id": {"type": "string", "nullable": True, "maxLength": MAX_ID_LENGTH},
-        "max_failures": {"type": "integer", "minimum": 1, "maximum": MAX_FAILURES_LIMIT,
-                         "default": DEFAULTS.default_max_failures},
-        "heartbeat_interval": {"type": "integer", "minimum": 1,
-                               "maximum": MAX_HEARTBEAT_INTERVAL,
-                               "default": DEFAULTS.default_heartbeat_interval,
-                               "description": "Seconds between the worker's heartbeats."},
-        "compression": {"type": "boolean", "default": False,
-                        "description": "gzip uploads (stored with a .gz suffix)."},
-        "max_interruptions": {"type": "integer", "minimum": 0,
-                              "maximum": MAX_INTERRUPTIONS_LIMIT,
-                              "default": DEFAULTS.default_max_interruptions,
-                              "description": "Lost leases (a machine stopped heartbeating) the "
-                              "job survives; one more and it ends failed with reason "
-                              "'too many interruptions'. Default KELPIE_DEFAULT_MAX_INTERRUPTIONS."},
-        "timeout_s": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_S,
-                      "nullable": True, "default": None,
-                      "description": "Wall-clock limit of one attempt in seconds (null: none). "
-                      "An attempt past it is stopped and fails with reason 'timed out', which "
-                      "counts toward max_failures."},
-    },
-    "additionalProperties": False,
-}
+# What the job's request shows on the wire (the request's own schema is bodies.JobRequest's).
+LEGACY_RESPONSE = {name: {"type": "string", "nullable": True} for name in LEGACY_FIELDS}
 
 JOB = {
     "type": "object",
@@ -159,12 +55,9 @@ JOB = {
     },
 }
 
-SCALING_LIMITS = {
-    name: {"type": "integer", "minimum": low, "maximum": high,
-           **({"description": description} if description else {})}
-    for (name, (low, high)), description in zip(autoscale.RULE_LIMITS.items(), (
-        None, "At least min_replicas.", "Jobs finished this recently still count."), strict=True)
-}
+# The limits as the request bodies state them, for the rule as it is answered.
+SCALING_LIMITS = {name: bodies.openapi_schema(bodies.ScalingRuleCreate)["properties"][name]
+                  for name in ("min_replicas", "max_replicas", "idle_threshold_seconds")}
 
 SCALING_RULE = {
     "type": "object",
@@ -206,11 +99,6 @@ COMPONENTS = {
     "Message": {"type": "object", "required": ["message"],
                 "properties": {"message": {"type": "string"}}},
     "Count": {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}},
-    "SyncEntry": SYNC_ENTRY,
-    "Sync": SYNC,
-    "JobRequest": JOB_REQUEST,
-    "JobBatchRequest": {"type": "array", "minItems": 1, "maxItems": DEFAULTS.max_batch_size,
-                        "items": {"$ref": "#/components/schemas/JobRequest"}},
     "Job": JOB,
     "JobList": {
         "type": "object",
@@ -299,14 +187,6 @@ COMPONENTS = {
     "JobEventList": {"type": "object", "required": ["events"],
                      "properties": {"events": {"type": "array",
                                                "items": {"$ref": "#/components/schemas/JobEvent"}}}},
-    "UserCreate": {
-        "type": "object",
-        "description": "`name`, or the original service's `username`.",
-        "properties": {"name": {"type": "string", "minLength": 1},
-                       "username": {"type": "string", "minLength": 1},
-                       "org": NULLABLE_STRING, "project": NULLABLE_STRING},
-        "additionalProperties": False,
-    },
     "User": {
         "type": "object",
         "properties": {"id": {"type": "string"}, "name": {"type": "string"},
@@ -318,20 +198,6 @@ COMPONENTS = {
                   {"type": "object", "required": ["token"],
                    "properties": {"token": {"type": "string",
                                             "description": "Shown once; store it now."}}}],
-    },
-    "TokenCreate": {
-        "type": "object",
-        "properties": {
-            "name": NULLABLE_STRING,
-            "scope": {"type": "string", "enum": ["user", "worker"], "default": "user"},
-            "container_group_ids": {"type": "array", "items": {"type": "string"},
-                                    "description": "Required for, and only for, worker keys."},
-            "expires_in_s": {"type": "integer", "minimum": 1},
-            "expires_at": TIMESTAMP,
-            "org_name": {"type": "string", "description": "The original's field; ignored."},
-            "project_name": {"type": "string", "description": "The original's field; ignored."},
-        },
-        "additionalProperties": False,
     },
     "TokenInfo": {
         "type": "object",
@@ -349,16 +215,6 @@ COMPONENTS = {
                   "properties": {"_count": {"type": "integer"},
                                  "tokens": {"type": "array",
                                             "items": {"$ref": "#/components/schemas/TokenInfo"}}}},
-    "ScalingRuleCreate": {
-        "type": "object",
-        "required": ["container_group_id", "min_replicas", "max_replicas",
-                     "idle_threshold_seconds"],
-        "properties": {"container_group_id": {"type": "string", "minLength": 1},
-                       **SCALING_LIMITS},
-        "additionalProperties": False,
-    },
-    "ScalingRuleUpdate": {"type": "object", "properties": SCALING_LIMITS,
-                          "additionalProperties": False},
     "ScalingRule": SCALING_RULE,
     "ScalingRuleList": {"type": "object", "required": ["rules"],
                         "properties": {"rules": {"type": "array", "items": {
@@ -421,6 +277,8 @@ WEBHOOK_COMPONENTS = {
                       "properties": {"secret": {"type": "string"}}},
 }
 COMPONENTS.update(WEBHOOK_COMPONENTS)
+# Every request body, generated from its model.
+COMPONENTS.update(bodies.components())
 
 
 def ref(name: str) -> Reference:

@@ -4,7 +4,7 @@ from peewee import IntegrityError
 from sanic import Blueprint, Request
 from sanic.response import empty, json
 
-from api import autoscale, db, salad, users
+from api import bodies, db, salad, users
 from api.errors import ApiError, Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from api.models import ScalingRule
 from api.queue import Principal
@@ -44,19 +44,14 @@ def to_dict(rule: ScalingRule) -> dict:
     }
 
 
-def _body(request: Request, allowed: set[str]) -> dict:
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise ValidationError("body", "must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "is not a known field")
-    return body
+# Field names and bounds come from the bodies' models (api/bodies.py), as the document's do.
+LIMITS = {name: bodies.bounds(bodies.ScalingRuleCreate, name) for name in bodies.RULE_LIMITS}
+MAX_ID_LENGTH = bodies.max_length(bodies.ScalingRuleCreate, "container_group_id")
 
 
 def _limits(body: dict, required: bool) -> dict:
     values = {}
-    for name, (low, high) in autoscale.RULE_LIMITS.items():
+    for name, (low, high) in LIMITS.items():
         if name not in body:
             if required:
                 raise ValidationError(name, "is required")
@@ -69,8 +64,10 @@ def _limits(body: dict, required: bool) -> dict:
 
 
 # The original's clients name the rule's Salad location in the body; Kelpie takes it from the
-# credential, so a body may repeat it but never point elsewhere.
+# credential, so a body may repeat it but never point elsewhere. Field -> index in (org, project).
 LOCATION_FIELDS = {"org_name": 0, "organization_name": 0, "project_name": 1}
+assert set(LOCATION_FIELDS) | {"container_group_id", *LIMITS} == bodies.known_fields(
+    bodies.ScalingRuleCreate)
 
 
 def _check_named_location(body: dict, org: str, project: str) -> None:
@@ -78,6 +75,28 @@ def _check_named_location(body: dict, org: str, project: str) -> None:
         if name in body and body[name] != (org, project)[index]:
             raise Forbidden(f"{name} {body[name]!r} is not the Salad location of this "
                             f"credential ({org}/{project})", field=name)
+
+
+def parse_create(body) -> tuple[dict, str, dict]:
+    """A create body (ScalingRuleCreate): the body, its container group id and its limits. The
+    Salad location it may name is checked later, against the credential's."""
+    body = bodies.object_of(body, bodies.ScalingRuleCreate)
+    container_group_id = body.get("container_group_id")
+    if (not isinstance(container_group_id, str) or not container_group_id.strip()
+            or len(container_group_id) > MAX_ID_LENGTH):
+        raise ValidationError("container_group_id", "is required (a non-empty string)")
+    limits = _limits(body, required=True)
+    _check_order(limits["min_replicas"], limits["max_replicas"])
+    return body, container_group_id, limits
+
+
+def parse_update(body, container_group_id: str) -> dict:
+    """An update body (ScalingRuleUpdate): the limits it changes."""
+    body = bodies.object_of(body, bodies.ScalingRuleUpdate)
+    # The original's clients send the whole rule back: its own id is fine, another is not.
+    if "container_group_id" in body and body["container_group_id"] != container_group_id:
+        raise ValidationError("container_group_id", "cannot be changed")
+    return _limits(body, required=False)
 
 
 def _check_order(min_replicas: int, max_replicas: int) -> None:
@@ -181,13 +200,7 @@ def _delete(principal: Principal, container_group_id: str) -> None:
             errors=(400, 401, 403, 409))
 @allow(*TENANT)
 async def create_rule(request: Request):
-    body = _body(request, {"container_group_id", *autoscale.RULE_LIMITS, *LOCATION_FIELDS})
-    container_group_id = body.get("container_group_id")
-    if (not isinstance(container_group_id, str) or not container_group_id.strip()
-            or len(container_group_id) > 255):
-        raise ValidationError("container_group_id", "is required (a non-empty string)")
-    limits = _limits(body, required=True)
-    _check_order(limits["min_replicas"], limits["max_replicas"])
+    body, container_group_id, limits = parse_create(json_body(request))
     principal = request.ctx.principal
     org, project = await db.run(_salad_location, principal,
                                  request.headers.get("salad-project"))
@@ -224,11 +237,7 @@ async def get_rule(request: Request, container_group_id: str):
             responses={200: "ScalingRule"}, errors=(400, 401, 403, 404))
 @allow(*TENANT)
 async def update_rule(request: Request, container_group_id: str):
-    body = _body(request, {"container_group_id", *autoscale.RULE_LIMITS})
-    # The original's clients send the whole rule back: its own id is fine, another is not.
-    if "container_group_id" in body and body["container_group_id"] != container_group_id:
-        raise ValidationError("container_group_id", "cannot be changed")
-    changes = _limits(body, required=False)
+    changes = parse_update(json_body(request), container_group_id)
     rule = await db.run(_update, request.ctx.principal, container_group_id, changes)
     return json(to_dict(rule))
 

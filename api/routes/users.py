@@ -5,32 +5,35 @@ from datetime import timedelta
 from sanic import Blueprint, Request
 from sanic.response import empty, json
 
-from api import db, fields, keys, users
+from api import bodies, db, fields, keys, users
 from api.errors import NotFound, ValidationError
-from api.principal import USER, WORKER
+from api.principal import WORKER
 from api.routes import documented, json_body
 from api.scopes import ADMIN_ONLY, TENANT, allow
 
 bp = Blueprint("users")
 
-# The longest a key may be issued for with expires_in_s (ten years).
-MAX_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+# Field names and limits come from the bodies' models (api/bodies.py), as the document's do.
+MAX_NAME_LENGTH = bodies.max_length(bodies.UserCreate, "name")
+KEY_LIFETIME_S = bodies.bounds(bodies.TokenCreate, "expires_in_s")
+WORKER_KEY_GROUPS = (bodies.min_length(bodies.TokenCreate, "container_group_ids"),
+                     bodies.max_length(bodies.TokenCreate, "container_group_ids"))
+SCOPES = bodies.choices(bodies.TokenCreate, "scope")
+DEFAULT_SCOPE = bodies.default(bodies.TokenCreate, "scope")
+assert set(SCOPES) == set(keys.ISSUABLE_SCOPES)
 
 
 def _optional_string(body: dict, name: str) -> str | None:
-    return fields.text(body.get(name), name, required=False, max_length=255) or None
+    return fields.text(body.get(name), name, required=False, max_length=MAX_NAME_LENGTH) or None
 
 
-def _object(request: Request, allowed: set[str]) -> dict:
-    body = json_body(request)
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise ValidationError("body", "must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "is not a known field")
-    return body
+def parse_user(body) -> tuple[str, str | None, str | None]:
+    """A create-user body (UserCreate): name, org and project."""
+    body = bodies.object_of(body, bodies.UserCreate, absent_is_empty=True)
+    if body.get("name") is None and body.get("username") is not None:
+        body = {**body, "name": body["username"]}  # the original's field name
+    name = fields.text(body.get("name"), "name", max_length=MAX_NAME_LENGTH)
+    return name, _optional_string(body, "org"), _optional_string(body, "project")
 
 
 @bp.post("/users")
@@ -38,27 +41,27 @@ def _object(request: Request, allowed: set[str]) -> dict:
             responses={201: "UserWithToken"})
 @allow(*ADMIN_ONLY)
 async def create_user(request: Request):
-    body = _object(request, {"name", "username", "org", "project"})
-    if body.get("name") is None and body.get("username") is not None:
-        body["name"] = body["username"]  # the original's field name
-    name = fields.text(body.get("name"), "name", max_length=255)
-    user, key = await db.run(users.create, name, _optional_string(body, "org"),
-                             _optional_string(body, "project"))
+    name, org, project = parse_user(json_body(request))
+    user, key = await db.run(users.create, name, org, project)
     return json({**users.to_dict(user), "username": user.name, "token": key}, status=201)
 
 
-def _key_options(body: dict) -> dict:
-    scope = body.get("scope", USER)
-    if scope not in keys.ISSUABLE_SCOPES:
-        raise ValidationError("scope", f"must be one of {', '.join(keys.ISSUABLE_SCOPES)}")
+def key_options(body) -> dict:
+    """A new key's options from a TokenCreate body."""
+    body = bodies.object_of(body, bodies.TokenCreate, absent_is_empty=True)
+    scope = body.get("scope", DEFAULT_SCOPE)
+    if scope not in SCOPES:
+        raise ValidationError("scope", f"must be one of {', '.join(SCOPES)}")
     groups = body.get("container_group_ids")
+    fewest, most = WORKER_KEY_GROUPS
     if scope == WORKER:
-        if (not isinstance(groups, list) or not 1 <= len(groups) <= 100
+        if (not isinstance(groups, list) or not fewest <= len(groups) <= most
                 or len(set(map(str, groups))) != len(groups)):
             raise ValidationError("container_group_ids",
-                                  "a worker key needs a list of 1 to 100 distinct container "
-                                  "group ids")
-        groups = [fields.text(g, "container_group_ids", max_length=255) for g in groups]
+                                  f"a worker key needs a list of {fewest} to {most} distinct "
+                                  "container group ids")
+        groups = [fields.text(g, "container_group_ids", max_length=bodies.MAX_ID_LENGTH)
+                  for g in groups]
     elif groups is not None:
         raise ValidationError("container_group_ids", "only worker keys are bound to groups")
     expires = None
@@ -66,10 +69,10 @@ def _key_options(body: dict) -> dict:
         raise ValidationError("expires_in_s", "give expires_in_s or expires_at, not both")
     if body.get("expires_in_s") is not None:
         seconds = body["expires_in_s"]
+        low, high = KEY_LIFETIME_S
         if isinstance(seconds, bool) or not isinstance(seconds, int) \
-                or not 1 <= seconds <= MAX_KEY_LIFETIME_S:
-            raise ValidationError("expires_in_s",
-                                  f"must be an integer from 1 to {MAX_KEY_LIFETIME_S}")
+                or not low <= seconds <= high:
+            raise ValidationError("expires_in_s", f"must be an integer from {low} to {high}")
         expires = db.utcnow() + timedelta(seconds=seconds)
     elif body.get("expires_at") is not None:
         expires = fields.timestamp(body["expires_at"], "expires_at")
@@ -87,11 +90,10 @@ def _key_options(body: dict) -> dict:
 async def issue_token(request: Request, user_id: str):
     # org_name / project_name: the original's body; its create-user-and-token script sends
     # them. Kelpie keeps a user's Salad location on the user, so they are accepted and unused.
-    body = _object(request, {"name", "scope", "container_group_ids", "expires_at",
-                             "expires_in_s", "org_name", "project_name"})
+    body = bodies.object_of(json_body(request), bodies.TokenCreate, absent_is_empty=True)
     if not fields.is_storable(user_id):
         raise NotFound(f"user {user_id!r} not found")
-    row, secret = await db.run(keys.issue, user_id, **_key_options(body))
+    row, secret = await db.run(keys.issue, user_id, **key_options(body))
     return json({"token": secret, **keys.to_dict(row)}, status=201)
 
 
