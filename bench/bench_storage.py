@@ -58,6 +58,14 @@ def _make_data(root: Path) -> tuple[Path, Path]:
     return small, big
 
 
+def _agent_env(store) -> dict[str, str]:
+    """The agent's settings as the environment gives them (KELPIE_TRANSFER_CONCURRENCY,
+    KELPIE_PART_CONCURRENCY, ...), so the benchmark measures the agent as configured, with
+    the local store's endpoint and credentials and no API or state file."""
+    return {**os.environ, **store.env, "KELPIE_API_URL": "http://127.0.0.1:9",
+            "KELPIE_STATE_FILE": ""}
+
+
 class AgentSync:
     name = "agent"
 
@@ -66,8 +74,7 @@ class AgentSync:
         from agent.storage import Storage
 
         os.environ.update(store.env)
-        self.storage = Storage(load({**store.env, "KELPIE_API_URL": "http://127.0.0.1:9",
-                                     "KELPIE_STATE_FILE": ""}))
+        self.storage = Storage(load(_agent_env(store)))
 
     def upload(self, source: Path, bucket: str, prefix: str) -> None:
         from agent.paths import SyncRule
@@ -171,8 +178,7 @@ def _checkpoint_lag(store, scratch: Path) -> list[float]:
     from agent.storage import Storage
     from agent.sync import DirectorySync
 
-    storage = Storage(load({**store.env, "KELPIE_API_URL": "http://127.0.0.1:9",
-                            "KELPIE_STATE_FILE": ""}))
+    storage = Storage(load(_agent_env(store)))
     client = store.client()
     client.create_bucket(Bucket="bench-lag")
     local = scratch / "lag"
@@ -216,8 +222,11 @@ def run() -> None:
         store.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
+    agent_config = tools[0].storage.config
     print(f"\nstorage benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
-          f"SeaweedFS on loopback, best of {REPEATS})")
+          f"SeaweedFS on loopback, best of {REPEATS}; agent transfer concurrency "
+          f"{agent_config.transfer_concurrency}, part concurrency "
+          f"{agent_config.part_concurrency})")
     print(f"{'dataset':<14}{'direction':<10}{'agent s':>9}{'s5cmd s':>9}{'aws s':>9}"
           f"{'vs s5cmd':>10}{'vs aws':>8}   targets >=0.8 / >=1.0")
     for dataset, source in datasets.items():

@@ -449,3 +449,88 @@ def test_small_bodies_are_read_in_one_call(storage, bucket, tmp_path):
     assert all(args == (READ_CHUNK,) for args in reads["rd/large.bin"])
     assert (tmp_path / "down" / "small.bin").stat().st_size == 65536
     assert (tmp_path / "down" / "large.bin").stat().st_size == READ_CHUNK + 5
+
+
+def _small_files(source, count: int) -> list[str]:
+    source.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (source / f"f-{i}.bin").write_bytes(os.urandom(1024))
+    return [f"f-{i}.bin" for i in range(count)]
+
+
+def test_the_first_small_put_into_a_bucket_goes_alone(storage, bucket, tmp_path, monkeypatch):
+    """SeaweedFS answers PUTs that arrive while it creates a new bucket's first volume about
+    1 s late: the first small PUT into a bucket this Storage has not written to goes alone,
+    the others start once it is answered, and then run in parallel again."""
+    # The others wait 1 s at most; on a loaded machine the first PUT (with its volume being
+    # created) can take longer than that, so the wait is lengthened to test the order alone.
+    monkeypatch.setattr("agent.storage.FIRST_WRITE_WAIT_S", 30.0)
+    rels = _small_files(tmp_path / "up", 9)
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=10)  # passes only with two PUTs in flight at once
+    real_put = storage._put_small_now
+
+    def recording_put(rule, key, f, before):
+        with lock:
+            first = not events
+            events.append(("start", key))
+            later = sum(1 for kind, _ in events if kind == "start")
+        if first:
+            time.sleep(0.3)  # room for the others to start too early, were they not held
+        elif later <= 3:
+            pair.wait()  # the next two PUTs meet here: they are sent in parallel
+        real_put(rule, key, f, before)
+        with lock:
+            events.append(("end", key))
+
+    storage._put_small_now = recording_put
+    rule = SyncRule(bucket, "gate/", tmp_path / "up")
+    assert storage.upload_files(rule, rels) == []
+    first_key = events[0][1]
+    assert events[:2] == [("start", first_key), ("end", first_key)]
+    assert sorted(o["Key"] for o in storage.list_objects(bucket, "gate/")) == sorted(
+        "gate/" + rel for rel in rels)
+
+
+def test_later_small_puts_into_a_written_bucket_do_not_wait(storage, bucket, tmp_path):
+    """Once a bucket has been written to, no PUT waits for another: all of a batch are in
+    flight at once (the barrier would break, and the uploads fail, if one went first)."""
+    rels = _small_files(tmp_path / "up", 4)
+    rule = SyncRule(bucket, "nowait/", tmp_path / "up")
+    assert storage.upload_files(rule, rels[:1]) == []
+    together = threading.Barrier(len(rels), timeout=10)
+    real_put = storage._put_small_now
+
+    def meeting_put(rule, key, f, before):
+        together.wait()
+        real_put(rule, key, f, before)
+
+    storage._put_small_now = meeting_put
+    assert storage.upload_files(rule, rels) == []
+
+
+def test_a_failed_first_put_lets_the_others_go(storage, bucket, tmp_path, monkeypatch):
+    """A first PUT that fails opens the gate at once (the others do not sit out the wait),
+    and is retried like any other failure."""
+    monkeypatch.setattr("agent.storage.FIRST_WRITE_WAIT_S", 60.0)
+    rels = _small_files(tmp_path / "up", 6)
+    failed_once: list[str] = []
+    lock = threading.Lock()
+    real_put = storage._put_small_now
+
+    def failing_first_put(rule, key, f, before):
+        with lock:
+            fail = not failed_once
+            if fail:
+                failed_once.append(key)
+        if fail:
+            raise RuntimeError("store refused the first PUT")
+        real_put(rule, key, f, before)
+
+    storage._put_small_now = failing_first_put
+    rule = SyncRule(bucket, "fail/", tmp_path / "up")
+    started = time.monotonic()
+    assert storage.upload_files(rule, rels) == []
+    assert time.monotonic() - started < 30  # nobody waited out the 60 s
+    assert len(sorted(o["Key"] for o in storage.list_objects(bucket, "fail/"))) == len(rels)
