@@ -113,7 +113,8 @@ def transition_all(jobs: list[Job], action: Action, *, now, actor: str,
             continue
         # Most batch steps are open to anyone: the lease is looked at only when it matters.
         if row.guard is states.Guard.ANYONE or states.permitted(
-                row, holds=None, expired=states.lease_expired(job.lease_expires, now)):
+                row, holds=None,
+                expired=states.lease_expired(getattr(job, "lease_expires", None), now)):
             batches.setdefault(row, []).append(job)
     for row, batch in batches.items():
         if row.action is Action.CLAIM:
@@ -538,8 +539,9 @@ def purge_container_group(principal: Principal, container_group_id: str) -> int:
     def purge(status: JobStatus) -> int:
         now = db.utcnow()
         with db.write_transaction():
+            # Plain rows, not model instances: a purge handles up to a million of them.
             batch = list(db.locked(in_group.where(Job.status == status).limit(PURGE_BATCH),
-                                   skip_locked=True))
+                                   skip_locked=True).namedtuples())
             return transition_all(batch, Action.PURGE, now=now, actor=principal.actor,
                                   reason=f"container group {container_group_id} purged")
 
