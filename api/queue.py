@@ -1,8 +1,10 @@
 """The job queue: the only code that changes a job's state.
 
-Every transition of the state machine in ARCHITECTURE.md happens in a function here, inside
-one transaction, and is written to the job's event log in that same transaction. Route
-handlers parse and authorise; they never write a job themselves. All functions are
+Every status change goes through `transition()` (or its batch form `transition_all()`), which
+applies one row of the table in api/states.py: it checks the row's guard, then writes the job's
+columns, its event and its webhook outbox row in the caller's transaction. The one exception is
+the PostgreSQL claim of a pending job, a single statement built from the same row (api/sql.py).
+Route handlers parse and authorise; they never write a job themselves. All functions are
 synchronous and run on the database thread pool (see `api.db.run`).
 """
 
@@ -15,20 +17,22 @@ from datetime import timedelta
 from peewee import SQL, Select, fn
 from psycopg2.errors import DuplicatePreparedStatement
 
-from api import db, keys, lease, metrics, serialize, sql, wakeups, webhooks
+from api import db, keys, lease, metrics, serialize, sql, states, wakeups, webhooks
 from api.errors import Conflict, Forbidden, NotFound
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
+from api.states import FINAL_STATUSES, STATUSES, Action, JobStatus
 
-__all__ = ["Principal"]  # re-exported: routes and modules name it from here too
+# Principal is re-exported: routes and modules name it from here too. The status names are
+# kept importable from here (api/routes, api/fleet.py, api/autoscale.py use them); they are
+# the enum members of api/states.py, defined once there.
+__all__ = ["FINAL_STATUSES", "STATUSES", "Principal"]
 
-PENDING = "pending"
-RUNNING = "running"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELED = "canceled"
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELED)
-FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
+PENDING = JobStatus.PENDING
+RUNNING = JobStatus.RUNNING
+COMPLETED = JobStatus.COMPLETED
+FAILED = JobStatus.FAILED
+CANCELED = JobStatus.CANCELED
 
 
 SYSTEM_ACTOR = "system"
@@ -48,11 +52,96 @@ def _owned(query, principal: Principal):
     return query
 
 
-def _event(job_id: str, kind: str, status: str, *, actor: str, machine_id=None, attempt=None,
-           exit_code=None, reason=None, at=None) -> None:
-    JobEvent.insert(job=job_id, at=at or db.utcnow(), kind=kind, status=status,
-                    machine_id=machine_id, attempt=attempt, exit_code=exit_code,
-                    reason=reason, actor=actor).execute()
+class TransitionRaced(RuntimeError):
+    """A step the table allowed for the locked row matched no row when written. The row lock
+    (FOR UPDATE, or SQLite's BEGIN IMMEDIATE) makes this impossible; if it happens anyway the
+    transaction is rolled back rather than left half written."""
+
+
+def transition(job: Job, action: Action, *, now, actor: str, machine_id: str | None = None,
+               reason: str | None = None, exit_code: int | None = None,
+               notify_reason: str | None = None, **counts) -> Job | None:
+    """Take one step of the state machine (api/states.py) for `job`, read with every column
+    under lock in the caller's write transaction. Returns the job as the step left it, or None
+    when the table forbids the step from the job's status or its guard refuses: then nothing is
+    written, and the caller gives its own answer (409, or "nothing changed").
+
+    `machine_id`: the machine acting, which for CLAIM becomes the holder; a step guarded by
+    HOLDER is allowed only when it holds the job. `reason` and `exit_code` go into the event,
+    `notify_reason` into the webhook body; `counts` are further columns the step sets
+    (num_failures, num_interruptions).
+    """
+    row = states.rule(job.status, action)
+    if row is None or not states.permitted(
+            row, holds=None if machine_id is None else _holds(job, machine_id),
+            expired=states.lease_expired(job.lease_expires, now)):
+        return None
+    changes = {**states.columns(row, now=now, machine_id=machine_id,
+                                num_attempts=job.num_attempts,
+                                heartbeat_interval=job.heartbeat_interval), **counts}
+    if row.target != job.status:
+        changes["status"] = row.target
+    if changes:
+        # The status the row was read with is part of the statement's guard.
+        updated = Job.update(**changes).where(Job.id == job.id,
+                                              Job.status == job.status).execute()
+        if updated != 1:
+            raise TransitionRaced(f"job {job.id}: {action} from {job.status} matched no row")
+    after = Job(**{**job.__data__, **changes})
+    JobEvent.insert(job=job.id, at=now, kind=row.event, status=row.target,
+                    machine_id=after.machine_id,
+                    attempt=after.num_attempts if row.attempt else None,
+                    exit_code=exit_code, reason=reason, actor=actor).execute()
+    if row.notify:
+        webhooks.enqueue(after, row.target, now, reason=notify_reason)
+    if row.target is JobStatus.PENDING:
+        wakeups.job_claimable([job.container_group_id])
+    return after
+
+
+def transition_all(jobs: list[Job], action: Action, *, now, actor: str,
+                   reason: str | None = None) -> int:
+    """The batch form of `transition()` for steps whose columns do not depend on the job and
+    that name no machine (a purge): one statement per kind of write for the whole batch.
+    `jobs` need `id`, `status` and `machine_id` (and `lease_expires` for a step guarded by the
+    lease; without it the lease counts as running). Jobs the table forbids are left alone;
+    returns how many were changed (or deleted)."""
+    batches: dict[states.Transition, list[Job]] = {}
+    for job in jobs:
+        row = states.rule(job.status, action)
+        if row is None:
+            continue
+        # Most batch steps are open to anyone: the lease is looked at only when it matters.
+        if row.guard is states.Guard.ANYONE or states.permitted(
+                row, holds=None,
+                expired=states.lease_expired(getattr(job, "lease_expires", None), now)):
+            batches.setdefault(row, []).append(job)
+    for row, batch in batches.items():
+        if row.action is Action.CLAIM:
+            raise ValueError("a claim sets per-job columns: use transition()")
+        ids = [job.id for job in batch]
+        guard = (Job.id.in_(ids), Job.status.in_(list(row.sources)))
+        if row.target is None:
+            done = Job.delete().where(*guard).execute()
+        else:
+            changes = {"status": row.target,
+                       **states.columns(row, now=now, machine_id=None, num_attempts=0,
+                                        heartbeat_interval=0)}
+            done = Job.update(**changes).where(*guard).execute()
+        if done != len(ids):
+            raise TransitionRaced(f"{action}: {done} of {len(ids)} jobs matched")
+        if row.event is not None:
+            JobEvent.insert_many([
+                {"job": job.id, "at": now, "kind": row.event, "status": row.target,
+                 "machine_id": job.machine_id, "actor": actor, "reason": reason}
+                for job in batch
+            ]).execute()
+        if row.notify:
+            for job in Job.select().where(Job.id.in_(ids), Job.webhook.is_null(False)):
+                webhooks.enqueue(job, row.target, now)
+        if row.target is JobStatus.PENDING:
+            wakeups.job_claimable({job.container_group_id for job in batch})
+    return sum(len(batch) for batch in batches.values())
 
 
 def _require_key(principal: Principal) -> None:
@@ -74,6 +163,7 @@ def _get_locked(principal: Principal, job_id: str) -> Job:
 def submit(principal: Principal, specs: list[dict]) -> list[Job]:
     """Create jobs from validated specs, all or nothing."""
     now = db.utcnow()
+    created = states.rule(None, Action.SUBMIT)
     rows = []
     for position, spec in enumerate(specs):
         rows.append({
@@ -82,15 +172,15 @@ def submit(principal: Principal, specs: list[dict]) -> list[Job]:
             "user": principal.user_id,
             "organization": principal.organization,
             "project": principal.project,
-            "status": PENDING,
+            "status": created.target,
             # One microsecond apart, so a batch is claimed in the order it was given (claims
             # take the oldest `created` first); the wire shows milliseconds, so nobody sees it.
             "created": now + timedelta(microseconds=position),
         })
     with db.write_transaction():
         db.insert_rows(Job, rows)
-        db.insert_rows(JobEvent, [{"job": row["id"], "at": now, "kind": "created",
-                                   "status": PENDING, "actor": principal.actor}
+        db.insert_rows(JobEvent, [{"job": row["id"], "at": now, "kind": created.event,
+                                   "status": created.target, "actor": principal.actor}
                                   for row in rows])
         # Long-polling workers of these groups are woken when (and only if) this commits.
         wakeups.job_claimable(row.get("container_group_id") for row in rows)
@@ -199,11 +289,13 @@ def claim(principal: Principal, machine_id: str, container_group_id: str | None)
             candidate = Job.get_by_id(row[1])  # locked by the candidate statement
             if candidate.status == RUNNING:
                 if _timed_out(candidate, now):
-                    _charge_failure(candidate, now, actor=SYSTEM_ACTOR,
-                                    machine_id=candidate.machine_id, reason=TIMED_OUT, ban=False)
+                    # The API ends the attempt itself (the lease ran out): no machine acts.
+                    _charge_failure(candidate, now, actor=SYSTEM_ACTOR, machine_id=None,
+                                    reason=TIMED_OUT, ban=False)
                     continue
                 interruptions += 1
-                if not _interrupt(candidate, machine_id, now):
+                candidate = _interrupt(candidate, machine_id, now)
+                if candidate is None:
                     continue
             job = _assign(candidate, principal, machine_id, now)
             break
@@ -268,38 +360,29 @@ def _timed_out(job: Job, now) -> bool:
     return now >= job.started + timedelta(seconds=limit)
 
 
-def _interrupt(job: Job, machine_id: str, now) -> bool:
-    """Count the holder's lost lease. False when that was one too many: the job is failed."""
+def _interrupt(job: Job, machine_id: str, now) -> Job | None:
+    """Count the holder's lost lease; returns the job, ready to be handed on. None when that was
+    one interruption too many (the job is failed), or the lease has not run out after all."""
     count = job.num_interruptions + 1
     allowed = count <= job.max_interruptions
-    _event(job.id, "heartbeat_lost", RUNNING, actor=SYSTEM_ACTOR, machine_id=job.machine_id,
-           attempt=job.num_attempts, at=now,
-           reason=f"no heartbeat from {job.machine_id}; "
-                  + (f"handed to {machine_id}; " if allowed else "")
-                  + f"interruption {count} of max_interruptions={job.max_interruptions}")
-    if allowed:
-        Job.update(num_interruptions=count).where(Job.id == job.id).execute()
-        return True
-    Job.update(status=FAILED, failed=now, num_interruptions=count, lease_expires=None).where(
-        Job.id == job.id).execute()
-    _event(job.id, "failed", FAILED, actor=SYSTEM_ACTOR, machine_id=job.machine_id, at=now,
-           reason=TOO_MANY_INTERRUPTIONS)
-    webhooks.enqueue(Job.get_by_id(job.id), FAILED, now, reason=TOO_MANY_INTERRUPTIONS)
-    return False
+    # When it is one too many, the FAIL below writes the count with the status, in one UPDATE.
+    lost = transition(job, Action.LOSE_LEASE, now=now, actor=SYSTEM_ACTOR,
+                      reason=f"no heartbeat from {job.machine_id}; "
+                             + (f"handed to {machine_id}; " if allowed else "")
+                             + f"interruption {count} of max_interruptions={job.max_interruptions}",
+                      **({"num_interruptions": count} if allowed else {}))
+    if lost is None or allowed:
+        return lost
+    transition(lost, Action.FAIL, now=now, actor=SYSTEM_ACTOR, reason=TOO_MANY_INTERRUPTIONS,
+               notify_reason=TOO_MANY_INTERRUPTIONS, num_interruptions=count)
+    return None
 
 
-def _assign(job: Job, principal: Principal, machine_id: str, now) -> Job:
-    attempt = job.num_attempts + 1
-    Job.update(
-        status=RUNNING, machine_id=machine_id, started=now, heartbeat=now,
-        lease_expires=now + timedelta(seconds=lease.seconds(job.heartbeat_interval)),
-        num_attempts=attempt,
-    ).where(Job.id == job.id).execute()
-    _event(job.id, "assigned", RUNNING, actor=principal.actor, machine_id=machine_id,
-           attempt=attempt, at=now)
-    job = Job.get_by_id(job.id)
-    webhooks.enqueue(job, RUNNING, now)
-    return job
+def _assign(job: Job, principal: Principal, machine_id: str, now) -> Job | None:
+    if transition(job, Action.CLAIM, now=now, actor=principal.actor,
+                  machine_id=machine_id) is None:
+        return None
+    return Job.get_by_id(job.id)  # the claim's answer, as stored
 
 
 def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
@@ -341,16 +424,10 @@ def complete(principal: Principal, job_id: str, machine_id: str) -> tuple[Job, b
     now = db.utcnow()
     with db.write_transaction():
         job = _get_locked(principal, job_id)
-        if not _holds(job, machine_id):
-            return job, False
-        Job.update(status=COMPLETED, completed=now, lease_expires=None).where(
-            Job.id == job_id).execute()
         # Completion means the command exited 0 (the worker protocol reports nothing else).
-        _event(job_id, "completed", COMPLETED, actor=principal.actor, machine_id=machine_id,
-               attempt=job.num_attempts, exit_code=0, at=now)
-        job = Job.get_by_id(job_id)
-        webhooks.enqueue(job, COMPLETED, now)
-    return job, True
+        done = transition(job, Action.COMPLETE, now=now, actor=principal.actor,
+                          machine_id=machine_id, exit_code=0)
+    return (job, False) if done is None else (done, True)
 
 
 def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None, reason=None,
@@ -365,19 +442,19 @@ def fail(principal: Principal, job_id: str, machine_id: str, *, exit_code=None, 
     now = db.utcnow()
     with db.write_transaction():
         job = _get_locked(principal, job_id)
-        if not _holds(job, machine_id):
-            return job, False
         if kind == "node":
-            _ban(job, machine_id, now)
-            _event(job_id, "attempt_failed", RUNNING, actor=principal.actor,
-                   machine_id=machine_id, attempt=job.num_attempts, exit_code=exit_code,
-                   reason=_node_reason(reason), at=now)
-            _requeue(job, now, actor=principal.actor,
-                     reason="node failure, not charged to the job")
+            ended = transition(job, Action.END_ATTEMPT, now=now, actor=principal.actor,
+                               machine_id=machine_id, exit_code=exit_code,
+                               reason=_node_reason(reason))
+            if ended is not None:
+                _ban(job, machine_id, now)
+                ended = transition(ended, Action.REQUEUE, now=now, actor=principal.actor,
+                                   machine_id=machine_id,
+                                   reason="node failure, not charged to the job")
         else:
-            _charge_failure(job, now, actor=principal.actor, machine_id=machine_id,
-                            exit_code=exit_code, reason=reason, ban=True)
-    return Job.get_by_id(job_id), True
+            ended = _charge_failure(job, now, actor=principal.actor, machine_id=machine_id,
+                                    exit_code=exit_code, reason=reason, ban=True)
+    return (job, False) if ended is None else (ended, True)
 
 
 def _node_reason(reason: str | None) -> str:
@@ -394,33 +471,28 @@ def _ban(job: Job, machine_id: str, now) -> None:
                   created=now).on_conflict_ignore().execute()
 
 
-def _requeue(job: Job, now, *, actor: str, reason: str, **changes) -> None:
-    Job.update(status=PENDING, machine_id=None, heartbeat=None, lease_expires=None,
-               **changes).where(Job.id == job.id).execute()
-    _event(job.id, "requeued", PENDING, actor=actor, at=now, reason=reason)
-    wakeups.job_claimable([job.container_group_id])
-
-
 def _charge_failure(job: Job, now, *, actor: str, machine_id, exit_code=None, reason=None,
-                    ban: bool) -> None:
+                    ban: bool) -> Job | None:
     """A failure of the job itself: count it, then retry it elsewhere or, at max_failures, fail
-    it for good. `ban` keeps the machine that ran it from getting it again."""
-    failures = job.num_failures + 1
+    it for good. `machine_id`: the holder reporting it (None: the API ends the attempt after
+    the lease ran out). `ban` keeps that machine from getting it again. Returns the job as
+    left, or None when the table refused (the machine does not hold the job)."""
+    ended = transition(job, Action.END_ATTEMPT, now=now, actor=actor, machine_id=machine_id,
+                       exit_code=exit_code, reason=reason)
+    if ended is None:
+        return None
     if ban:
         _ban(job, machine_id, now)
-    _event(job.id, "attempt_failed", RUNNING, actor=actor, machine_id=machine_id,
-           attempt=job.num_attempts, exit_code=exit_code, reason=reason, at=now)
+    failures = job.num_failures + 1
     if failures >= job.max_failures:
-        Job.update(status=FAILED, failed=now, num_failures=failures,
-                   lease_expires=None).where(Job.id == job.id).execute()
         why = f"failed {failures} of max_failures={job.max_failures} times"
         if reason == TIMED_OUT:
             why = f"{TIMED_OUT}; {why}"
-        _event(job.id, "failed", FAILED, actor=actor, machine_id=machine_id, at=now, reason=why)
-        webhooks.enqueue(Job.get_by_id(job.id), FAILED, now, reason=reason or why)
-    else:
-        _requeue(job, now, actor=actor, num_failures=failures,
-                 reason=f"{job.max_failures - failures} attempt(s) left")
+        return transition(ended, Action.FAIL, now=now, actor=actor, machine_id=machine_id,
+                          reason=why, notify_reason=reason or why, num_failures=failures)
+    return transition(ended, Action.REQUEUE, now=now, actor=actor, machine_id=machine_id,
+                      reason=f"{job.max_failures - failures} attempt(s) left",
+                      num_failures=failures)
 
 
 # --- Cancelling and clearing ------------------------------------------------------------------
@@ -429,13 +501,10 @@ def cancel(principal: Principal, job_id: str, reason: str = "canceled by user") 
     now = db.utcnow()
     with db.write_transaction():
         job = _get_locked(principal, job_id)
-        if job.status in FINAL_STATUSES:
+        if transition(job, Action.CANCEL, now=now, actor=principal.actor,
+                      reason=reason) is None:
+            # Only a final job cannot be canceled (api/states.py).
             raise Conflict(f"job {job_id} is already {job.status}", status_now=job.status)
-        Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
-            Job.id == job_id).execute()
-        _event(job_id, "canceled", CANCELED, actor=principal.actor, machine_id=job.machine_id,
-               at=now, reason=reason)
-        webhooks.enqueue(job, CANCELED, now)
     return Job.get_by_id(job_id)
 
 
@@ -459,41 +528,25 @@ def _in_batches(step) -> int:
 def purge_container_group(principal: Principal, container_group_id: str) -> int:
     """Delete the group's pending jobs and cancel its running ones; returns how many.
 
-    In batches (see PURGE_BATCH), so not all or nothing: a purge cut short has done part of
-    the work, and repeating it does the rest.
+    Both are the PURGE step of api/states.py, through `transition_all()`: a running job is
+    canceled with a "purged" event and its webhook; a pending one is deleted, with no event (its
+    history goes with it). In batches (see PURGE_BATCH), so not all or nothing: a purge cut
+    short has done part of the work, and repeating it does the rest.
     """
-    in_group = _owned(Job.select(Job.id, Job.machine_id), principal).where(
+    in_group = _owned(Job.select(Job.id, Job.status, Job.machine_id), principal).where(
         Job.container_group_id == container_group_id)
 
-    def delete_pending() -> int:
-        with db.write_transaction():
-            ids = [job.id for job in db.locked(
-                in_group.where(Job.status == PENDING).limit(PURGE_BATCH), skip_locked=True)]
-            if ids:
-                Job.delete().where(Job.id.in_(ids)).execute()
-            return len(ids)
-
-    def cancel_running() -> int:
+    def purge(status: JobStatus) -> int:
         now = db.utcnow()
         with db.write_transaction():
-            running = list(db.locked(
-                in_group.where(Job.status == RUNNING).limit(PURGE_BATCH), skip_locked=True))
-            if not running:
-                return 0
-            ids = [job.id for job in running]
-            Job.update(status=CANCELED, canceled=now, lease_expires=None).where(
-                Job.id.in_(ids)).execute()
-            JobEvent.insert_many([
-                {"job": job.id, "at": now, "kind": "purged", "status": CANCELED,
-                 "machine_id": job.machine_id, "actor": principal.actor,
-                 "reason": f"container group {container_group_id} purged"}
-                for job in running
-            ]).execute()
-            for job in Job.select().where(Job.id.in_(ids), Job.webhook.is_null(False)):
-                webhooks.enqueue(job, CANCELED, now)
-            return len(ids)
+            # Plain rows, not model instances: a purge handles up to a million of them.
+            batch = list(db.locked(in_group.where(Job.status == status).limit(PURGE_BATCH),
+                                   skip_locked=True).namedtuples())
+            return transition_all(batch, Action.PURGE, now=now, actor=principal.actor,
+                                  reason=f"container group {container_group_id} purged")
 
-    return _in_batches(delete_pending) + _in_batches(cancel_running)
+    return (_in_batches(lambda: purge(JobStatus.PENDING))
+            + _in_batches(lambda: purge(JobStatus.RUNNING)))
 
 
 def clear_all() -> int:

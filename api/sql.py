@@ -7,17 +7,25 @@ excludes other writers.
 """
 
 from api import lease
+from api.states import Action, JobStatus, rule
+
+# The statuses and event kind these statements write or test, taken from the state table
+# (api/states.py) and formatted in once at import: the SQL text, and so each prepared
+# statement, is the same as if they were written out.
+_CLAIM = rule(JobStatus.PENDING, Action.CLAIM)  # pending -> running, "assigned"
+_PENDING_SQL = f"'{JobStatus.PENDING}'"
+_RUNNING_SQL = f"'{JobStatus.RUNNING}'"  # the status a holder's job has (heartbeat, reclaim)
 
 _CANDIDATE_COLUMNS = "j.id, j.status, j.machine_id, j.heartbeat_interval, j.num_attempts"
 _NOT_BANNED = ("NOT EXISTS (SELECT 1 FROM job_bans b WHERE b.job_id = j.id AND b.machine_id = {p})")
 
 # Stale running jobs (the holder stopped heartbeating) first, then the oldest pending one.
 _STALE = ("SELECT 0 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
-          " WHERE j.user_id = {p}{project} AND {group} AND j.status = 'running'"
-          " AND j.lease_expires < {p}{key}"
+          " WHERE j.user_id = {p}{project} AND {group} AND j.status = " + _RUNNING_SQL
+          + " AND j.lease_expires < {p}{key}"
           " AND " + _NOT_BANNED + " ORDER BY j.lease_expires LIMIT 1")
 _PENDING = ("SELECT 1 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
-            " WHERE j.user_id = {p}{project} AND {group} AND j.status = 'pending'{key}"
+            " WHERE j.user_id = {p}{project} AND {group} AND j.status = " + _PENDING_SQL + "{key}"
             " AND " + _NOT_BANNED + " ORDER BY j.created, j.id LIMIT 1")
 
 _CLAIM_CANDIDATE = {
@@ -37,24 +45,26 @@ _CLAIM_CANDIDATE = {
 # still exists, so "no work" and "key revoked" need no second read.
 _CLAIM_PENDING_PG = (
     "WITH stale AS (SELECT 1 FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
-    " AND j.status = 'running' AND j.lease_expires < %s::timestamp"
+    " AND j.status = " + _RUNNING_SQL + " AND j.lease_expires < %s::timestamp"
     " AND " + _NOT_BANNED.format(p="%s::text") + " LIMIT 1),"
     " candidate AS (SELECT j.id FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
-    " AND j.status = 'pending'{key} AND " + _NOT_BANNED.format(p="%s::text")
+    " AND j.status = " + _PENDING_SQL + "{key} AND " + _NOT_BANNED.format(p="%s::text")
     + " AND NOT EXISTS (SELECT 1 FROM stale)"
     " ORDER BY j.created, j.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
-    " assigned AS (UPDATE jobs j SET status = 'running', machine_id = %s::text, started = %s::timestamp,"
+    " assigned AS (UPDATE jobs j SET status = '" + _CLAIM.target + "',"
+    " machine_id = %s::text, started = %s::timestamp,"
     " heartbeat = %s::timestamp, lease_expires = %s::timestamp + {lease} * interval '1 second',"
     " num_attempts = j.num_attempts + 1"
     " FROM candidate c WHERE j.id = c.id RETURNING j.*),"
     " event AS (INSERT INTO job_events (job_id, at, kind, status, machine_id, attempt, actor)"
-    " SELECT a.id, %s::timestamp, 'assigned', 'running', a.machine_id, a.num_attempts,"
+    " SELECT a.id, %s::timestamp, '" + _CLAIM.event + "', '" + _CLAIM.target + "',"
+    " a.machine_id, a.num_attempts,"
     " %s::text FROM assigned a),"
     " outbox AS (INSERT INTO webhook_deliveries (job_id, user_id, url, job_status, body, status,"
     " created, next_attempt, attempts)"
-    " SELECT a.id, a.user_id, a.webhook, 'running',"
+    " SELECT a.id, a.user_id, a.webhook, '" + _CLAIM.target + "',"
     # The body webhooks.enqueue writes, key for key, compact.
-    " '{{\"status\":\"running\",\"job_id\":' || to_json(a.id)::text"
+    " '{{\"status\":\"" + _CLAIM.target + "\",\"job_id\":' || to_json(a.id)::text"
     " || ',\"machine_id\":' || to_json(a.machine_id)::text"
     " || ',\"container_group_id\":' || COALESCE(to_json(a.container_group_id)::text, 'null')"
     " || ',\"attempt\":' || a.num_attempts || ',\"timestamp\":' || to_json(%s::text)::text"
@@ -75,12 +85,13 @@ _HEARTBEAT = {
                   "UPDATE jobs SET heartbeat = %s,"
                   " lease_expires = %s + {lease} * interval '1 second',"
                   " num_heartbeats = num_heartbeats + 1"
-                  " WHERE id = %s AND machine_id = %s AND status = 'running'{owner}",
+                  " WHERE id = %s AND machine_id = %s AND status = " + _RUNNING_SQL
+                  + "{owner}",
     "sqlite": "UPDATE jobs SET heartbeat = ?,"
               " lease_expires = strftime('%Y-%m-%d %H:%M:%f', ?,"
               " printf('+%d seconds', {lease})),"
               " num_heartbeats = num_heartbeats + 1"
-              " WHERE id = ? AND machine_id = ? AND status = 'running'{owner}",
+              " WHERE id = ? AND machine_id = ? AND status = " + _RUNNING_SQL + "{owner}",
 }
 
 
