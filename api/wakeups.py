@@ -36,7 +36,7 @@ import time
 
 from prometheus_client import Gauge
 
-from api import db
+from api import db, keys
 
 log = logging.getLogger("kelpie.wakeups")
 
@@ -201,6 +201,7 @@ class Listener:
         connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANNEL}")
+            cursor.execute(f"LISTEN {keys.REVOKED_CHANNEL}")
         return connection
 
     async def run(self):
@@ -223,7 +224,9 @@ class Listener:
             loop.add_reader(fd, self._readable, lost)
             hub.complete = True
             self.connected.set()
-            # Anything committed while nobody listened has been missed: look again.
+            # Anything committed while nobody listened has been missed: look again, and read
+            # every key afresh (a revocation may be among what was missed).
+            keys.forget()
             hub.wake_all()
             try:
                 await lost
@@ -248,7 +251,10 @@ class Listener:
             return
         while connection.notifies:
             note = connection.notifies.pop(0)
-            hub.wake(note.payload)
+            if note.channel == keys.REVOKED_CHANNEL:
+                keys.forget(note.payload)
+            else:
+                hub.wake(note.payload)
 
     def stop(self):
         self.stopped = True
