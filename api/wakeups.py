@@ -31,6 +31,7 @@ process is sure to hear every wake-up: on PostgreSQL while the listener is conne
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 
@@ -71,6 +72,9 @@ class Hub:
         # Set when the server stops: waiters answer [] at once instead of holding shutdown.
         self.closing = False
         self.count = 0
+        # Reads the notifications already sent to this process (the listener's, while it is
+        # connected): called before the empty cache answers.
+        self.drain = None
 
     # --- waiters ---
 
@@ -129,6 +133,11 @@ class Hub:
     def known_empty(self, entry: tuple, key: str) -> bool:
         if not self.complete:
             return False
+        if self.drain is not None:
+            # A notification (a job submitted, a key revoked) committed before this request
+            # arrived is read now, not at the event loop's next turn: answering [] from the
+            # cache involves no await, so without this it could run first.
+            self.drain()
         seen = self._empty.get(entry)
         if seen is None:
             return False
@@ -222,6 +231,7 @@ class Listener:
             fd = self._fd = connection.fileno()
             lost = loop.create_future()
             loop.add_reader(fd, self._readable, lost)
+            hub.drain = functools.partial(self._readable, lost)
             hub.complete = True
             self.connected.set()
             # Anything committed while nobody listened has been missed: look again, and read
@@ -232,6 +242,7 @@ class Listener:
                 await lost
             finally:
                 hub.complete = False
+                hub.drain = None
                 self.connected.clear()
                 loop.remove_reader(fd)
                 connection.close()
@@ -242,10 +253,13 @@ class Listener:
 
     def _readable(self, lost: asyncio.Future) -> None:
         connection = self.connection
+        if connection is None or lost.done():
+            return
         try:
             connection.poll()
         except Exception:  # noqa: BLE001 - the connection is gone, whatever the error says
             asyncio.get_running_loop().remove_reader(self._fd)  # no busy loop on a dead socket
+            hub.complete = False  # at once: a drain() caller must not trust the cache now
             if not lost.done():
                 lost.set_result(None)
             return
