@@ -315,11 +315,6 @@ def heartbeat(principal: Principal, job_id: str, machine_id: str) -> str:
                                   db.utcnow(), project=principal.project,
                                   container_group_ids=principal.container_group_ids,
                                   key_hash=principal.key_hash)
-    if db.is_postgres():
-        # No WAL flush to wait for (one statement, one round trip still): a heartbeat lost to a
-        # database crash only ages the lease by one interval, which the lease allows for, and
-        # waiting for the flush capped heartbeats at ~1,000/s on a slow disk (docs/capacity.md).
-        statement = ("SET LOCAL synchronous_commit TO off; " + statement[0], statement[1])
     cursor = db.database.execute_sql(*statement)
     if cursor.rowcount == 1:
         return RUNNING
