@@ -138,6 +138,8 @@ class Hub:
             # arrived is read now, not at the event loop's next turn: answering [] from the
             # cache involves no await, so without this it could run first.
             self.drain()
+            if not self.complete:  # the listener's connection was found dead just now
+                return False
         seen = self._empty.get(entry)
         if seen is None:
             return False
