@@ -182,6 +182,12 @@ def job_claimable(container_group_ids) -> None:
     if db.is_postgres():
         for key in keys:
             db.database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+            # This process's own waiters and empty cache hear it at once too: the wake-up is
+            # on the event loop before the submitter's answer, so the next poll that reaches
+            # this process claims, whereas the notification may still be on its way to the
+            # listener. It comes before the commit, so a claim it causes may find nothing:
+            # the notification, sent on commit, wakes the group again.
+            hub.wake_threadsafe(key)
     else:
         # The waiter's claim takes SQLite's write lock, so it sees this transaction's rows
         # once they are committed, even if it is woken a moment before the commit.
