@@ -62,6 +62,7 @@ async def kelpie_key(request: Request) -> Principal | None:
         cache.drop(key_hash)
         raise Forbidden("invalid X-Kelpie-Key")
     cache.put(key_hash, principal)
+    keys.seen_valid(key_hash)
     return principal
 
 

@@ -77,6 +77,11 @@ class Settings:
     # How long a worker token's organization user is remembered (Kelpie keys are never cached:
     # revocation is immediate).
     auth_cache_seconds: float = setting("KELPIE_AUTH_CACHE_S", 10.0, number)
+    # A plain or long poll answered from the empty cache (api/routes/work.py) runs no claim
+    # statement, so nothing there proves the caller's key still exists: it is re-read from the
+    # database when it was last seen valid longer ago than this. The longest a revoked or
+    # expired key keeps getting [] on that path; 0 reads it on every such poll.
+    key_recheck_seconds: float = setting("KELPIE_KEY_RECHECK_S", 1.0, number)
     # Failed authentications per client address (api/ratelimit.py): a burst, then this many a
     # second. 0 turns the limit off.
     auth_failure_burst: int = setting("KELPIE_AUTH_FAILURE_BURST", 20, integer)

@@ -7,6 +7,7 @@ expiry and a last-used time. The secret is shown once, when made, and stored onl
 
 import hashlib
 import secrets
+import time
 from datetime import timedelta
 
 from api import db
@@ -16,6 +17,9 @@ from api.principal import ADMIN, USER, WORKER, Principal
 from api.serialize import timestamp
 
 ISSUABLE_SCOPES = (USER, WORKER)
+# PostgreSQL channel on which a revocation is announced to every API process (api/wakeups.py's
+# listener hears it), payload the key's hash.
+REVOKED_CHANNEL = "kelpie_keys"
 # last_used is written at most this often per key, so a heartbeat stays one read.
 LAST_USED_GRANULARITY = timedelta(seconds=60)
 
@@ -85,6 +89,40 @@ def is_valid(key_hash: str) -> bool:
     return db.database.execute_sql(statement, (key_hash, db.utcnow())).fetchone() is not None
 
 
+# --- keys recently found valid (this process) -----------------------------------------------
+#
+# A poll answered from the empty cache (api/routes/work.py) runs no statement that would prove
+# the caller's key still exists. Reading the key on every such poll was most of what the poll
+# cost, so it is read only when this process last found the key valid longer ago than
+# KELPIE_KEY_RECHECK_S: that is the bound on how long a revoked or expired key can still be
+# answered [] there. A revocation through `revoke` clears the stamp at once: in this process
+# directly, in the others through REVOKED_CHANNEL (PostgreSQL), so in practice the bound only
+# matters for a key that expires, or one deleted behind the API's back.
+
+_seen_valid: dict[str, float] = {}
+SEEN_VALID_MAX = 10_000
+
+
+def seen_valid(key_hash: str) -> None:
+    """A read or a statement that checks the key just found it valid."""
+    if len(_seen_valid) >= SEEN_VALID_MAX:
+        _seen_valid.clear()
+    _seen_valid[key_hash] = time.monotonic()
+
+
+def valid_within(key_hash: str, seconds: float) -> bool:
+    seen = _seen_valid.get(key_hash)
+    return seen is not None and time.monotonic() - seen < seconds
+
+
+def forget(key_hash: str | None = None) -> None:
+    """The key (None: every key) must be read again before an answer that reads nothing."""
+    if key_hash is None:
+        _seen_valid.clear()
+    else:
+        _seen_valid.pop(key_hash, None)
+
+
 def for_user(user_id: str) -> list[ApiKey]:
     return list(ApiKey.select().where(ApiKey.user == user_id).order_by(ApiKey.created))
 
@@ -92,8 +130,13 @@ def for_user(user_id: str) -> list[ApiKey]:
 def revoke(user_id: str, key_id: str) -> None:
     """Delete the key: the next request with it, in any process, is refused."""
     with db.write_transaction():
-        if not ApiKey.delete().where(ApiKey.user == user_id, ApiKey.id == key_id).execute():
+        row = ApiKey.get_or_none(ApiKey.user == user_id, ApiKey.id == key_id)
+        if row is None or not ApiKey.delete().where(ApiKey.key_hash == row.key_hash).execute():
             raise NotFound(f"key {key_id} not found")
+        if db.is_postgres():
+            # Sent on commit, and only then: every process forgets the key's stamp.
+            db.database.execute_sql("SELECT pg_notify(%s, %s)", (REVOKED_CHANNEL, row.key_hash))
+    forget(row.key_hash)
 
 
 def to_dict(key: ApiKey) -> dict:

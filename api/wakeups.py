@@ -31,12 +31,13 @@ process is sure to hear every wake-up: on PostgreSQL while the listener is conne
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 
 from prometheus_client import Gauge
 
-from api import db
+from api import db, keys
 
 log = logging.getLogger("kelpie.wakeups")
 
@@ -71,6 +72,9 @@ class Hub:
         # Set when the server stops: waiters answer [] at once instead of holding shutdown.
         self.closing = False
         self.count = 0
+        # Reads the notifications already sent to this process (the listener's, while it is
+        # connected): called before the empty cache answers.
+        self.drain = None
 
     # --- waiters ---
 
@@ -129,6 +133,13 @@ class Hub:
     def known_empty(self, entry: tuple, key: str) -> bool:
         if not self.complete:
             return False
+        if self.drain is not None:
+            # A notification (a job submitted, a key revoked) committed before this request
+            # arrived is read now, not at the event loop's next turn: answering [] from the
+            # cache involves no await, so without this it could run first.
+            self.drain()
+            if not self.complete:  # the listener's connection was found dead just now
+                return False
         seen = self._empty.get(entry)
         if seen is None:
             return False
@@ -171,6 +182,12 @@ def job_claimable(container_group_ids) -> None:
     if db.is_postgres():
         for key in keys:
             db.database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+            # This process's own waiters and empty cache hear it at once too: the wake-up is
+            # on the event loop before the submitter's answer, so the next poll that reaches
+            # this process claims, whereas the notification may still be on its way to the
+            # listener. It comes before the commit, so a claim it causes may find nothing:
+            # the notification, sent on commit, wakes the group again.
+            hub.wake_threadsafe(key)
     else:
         # The waiter's claim takes SQLite's write lock, so it sees this transaction's rows
         # once they are committed, even if it is woken a moment before the commit.
@@ -201,6 +218,7 @@ class Listener:
         connection.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANNEL}")
+            cursor.execute(f"LISTEN {keys.REVOKED_CHANNEL}")
         return connection
 
     async def run(self):
@@ -221,14 +239,18 @@ class Listener:
             fd = self._fd = connection.fileno()
             lost = loop.create_future()
             loop.add_reader(fd, self._readable, lost)
+            hub.drain = functools.partial(self._readable, lost)
             hub.complete = True
             self.connected.set()
-            # Anything committed while nobody listened has been missed: look again.
+            # Anything committed while nobody listened has been missed: look again, and read
+            # every key afresh (a revocation may be among what was missed).
+            keys.forget()
             hub.wake_all()
             try:
                 await lost
             finally:
                 hub.complete = False
+                hub.drain = None
                 self.connected.clear()
                 loop.remove_reader(fd)
                 connection.close()
@@ -239,16 +261,22 @@ class Listener:
 
     def _readable(self, lost: asyncio.Future) -> None:
         connection = self.connection
+        if connection is None or lost.done():
+            return
         try:
             connection.poll()
         except Exception:  # noqa: BLE001 - the connection is gone, whatever the error says
             asyncio.get_running_loop().remove_reader(self._fd)  # no busy loop on a dead socket
+            hub.complete = False  # at once: a drain() caller must not trust the cache now
             if not lost.done():
                 lost.set_result(None)
             return
         while connection.notifies:
             note = connection.notifies.pop(0)
-            hub.wake(note.payload)
+            if note.channel == keys.REVOKED_CHANNEL:
+                keys.forget(note.payload)
+            else:
+                hub.wake(note.payload)
 
     def stop(self):
         self.stopped = True

@@ -74,15 +74,24 @@ async def _claim(request: Request, machine_id: str, container_group_id, key: str
     entry = _cache_entry(request, machine_id, key)
     hub = wakeups.hub
     if hub.known_empty(entry, key):
-        # A revoked Kelpie key is still refused at once: one indexed read instead of a claim.
-        if principal.key_hash is not None and not await db.run_protocol(
-                keys.is_valid, principal.key_hash):
-            request.app.ctx.key_cache.drop(principal.key_hash)
-            raise Forbidden("invalid X-Kelpie-Key")
+        # No statement runs here to prove the key still exists: it is re-read when it was
+        # last seen valid more than KELPIE_KEY_RECHECK_S ago, so a revoked key is refused
+        # within that bound. Reading it on every poll (one thread-pool hop and one database
+        # round trip) was most of what an empty poll cost.
+        key_hash = principal.key_hash
+        if key_hash is not None and not keys.valid_within(
+                key_hash, request.app.ctx.settings.key_recheck_seconds):
+            if not await db.run_protocol(keys.is_valid, key_hash):
+                request.app.ctx.key_cache.drop(key_hash)
+                raise Forbidden("invalid X-Kelpie-Key")
+            keys.seen_valid(key_hash)
         metrics.EMPTY_CACHE_HITS.inc()
         return None
     generation = hub.generation(key)
     job = await db.run_protocol(queue.claim, principal, machine_id, container_group_id)
+    if principal.key_hash is not None:
+        # The claim statement refuses a key that is gone (403): it was valid just now.
+        keys.seen_valid(principal.key_hash)
     if job is None:
         hub.remember_empty(entry, generation)
     else:

@@ -1,15 +1,18 @@
 """GET /work?wait=N: a long poll held until a job of the caller's group can be claimed."""
 
+import collections
 import re
 import socket
 import threading
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
 
+from api import config
 from tests.api.jobdefs import sync_job
 from tests.conftest import make_database_url
 from tests.support import postgres
@@ -190,7 +193,69 @@ def test_a_revoked_key_is_refused_even_when_the_group_is_known_empty(api):
     assert status == 200
     status, _ = api.request("DELETE", f"/users/me/tokens/{listing['tokens'][0]['id']}", key=key)
     assert status == 204
+    # The revocation clears this process's stamp of the key (directly, or through the
+    # listener on PostgreSQL), so the poll reads the key; at worst KELPIE_KEY_RECHECK_S later.
+    wait_until(lambda: api.request("GET", path, key=key)[0] == 403,
+               timeout=config.load().key_recheck_seconds + 0.5,
+               message="a revoked key still got [] from the empty cache")
     assert api.request("GET", path, key=key)[0] == 403
+
+
+def _known_empty_polls(api, key, path, count):
+    """`count` polls answered [] (each process of the API has seen the group empty)."""
+    for _ in range(count):
+        assert api.request("GET", path, key=key) == (200, [])
+
+
+def test_an_expired_key_is_refused_by_the_empty_cache_within_the_recheck_bound(
+        fresh_database, tmp_path):
+    """Nothing announces an expiry: the empty cache's answer re-reads the key once it was last
+    seen valid KELPIE_KEY_RECHECK_S ago, so an expired key gets [] that long at most."""
+    recheck = 1.0
+    with ApiProcess(fresh_database, env={"KELPIE_KEY_RECHECK_S": str(recheck)},
+                    log_path=tmp_path / "api.log") as api:
+        user_id = api.request("GET", "/users/me", key=api.create_user("expiring"))[1]["id"]
+        status, issued = api.request("POST", f"/users/{user_id}/token", {"expires_in_s": 2})
+        assert status == 201, issued
+        issued_by = time.monotonic()
+        key = issued["token"]
+        path = "/work?machine_id=m1&container_group_id=" + group()
+        hits = empty_cache_hits(api)
+        _known_empty_polls(api, key, path, 3)
+        assert empty_cache_hits(api) > hits  # the path under test answered
+        wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=10,
+                   message="an expired key was never refused")
+        # Expired at issued_by + 2 s at the latest; refused at most `recheck` later (plus
+        # one poll's time on a busy machine).
+        assert time.monotonic() - issued_by <= 2 + recheck + 0.75
+
+
+def test_postgres_a_revocation_reaches_every_process_at_once(pg_url, tmp_path):
+    """With a recheck bound far longer than the test, only the revocation's notification can
+    make the other process refuse the key: every poll after the first 403 is refused."""
+    _, url = pg_url
+    with ApiProcess(url, workers=2, env={"KELPIE_KEY_RECHECK_S": "600"},
+                    log_path=tmp_path / "api.log") as api:
+        key = api.create_user("revoked-everywhere")
+        path = "/work?machine_id=m1&container_group_id=" + group()
+
+        def polls(count):
+            # Concurrent connections: one after another, they all tend to land on one process.
+            with ThreadPoolExecutor(16) as pool:
+                return collections.Counter(pool.map(
+                    lambda _: api.request("GET", path, key=key)[0], range(count)))
+
+        hits = empty_cache_hits(api)
+        assert polls(64) == {200: 64}
+        # At least two claims ran: both processes know the group empty and have seen the key.
+        assert empty_cache_hits(api) - hits <= 62
+        listing = api.request("GET", "/users/me/tokens", key=key)[1]
+        status, _ = api.request("DELETE", f"/users/me/tokens/{listing['tokens'][0]['id']}",
+                                key=key)
+        assert status == 204
+        wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=5,
+                   message="the revoked key was still answered")
+        assert polls(64) == {403: 64}
 
 
 # --- limits and processes of their own ---------------------------------------------------------
