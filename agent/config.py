@@ -243,8 +243,9 @@ class Config:
     transfer_concurrency: int = setting("KELPIE_TRANSFER_CONCURRENCY", "32",
                                         "Files transferred in parallel.", number(int, minimum=1))
     part_concurrency: int = setting(
-        "KELPIE_PART_CONCURRENCY", "8",
-        "Parts of large files transferred in parallel (across all large files).",
+        "KELPIE_PART_CONCURRENCY", "16",
+        "Parts of large files transferred in parallel (across all large files). An upload "
+        "holds up to this many parts in memory (16 x 8 MiB = 128 MiB by default).",
         number(int, minimum=1))
     multipart_threshold: int = setting(
         "KELPIE_MULTIPART_THRESHOLD_MB", "16",
