@@ -32,9 +32,11 @@ API_WORKERS_ENV = "KELPIE_API_WORKERS"
 
 # Loops that run in the background of every API process, as `async def loop(app)`. Each one
 # must be safe to run in several processes at once (advisory lock or SKIP LOCKED claims).
-BACKGROUND_LOOPS: list = [autoscale.autoscaler]
-BACKGROUND_LOOPS.append(webhook_sender)  # status webhooks: the outbox sender
-BACKGROUND_LOOPS.append(retention_loop)  # old history, settled webhooks, idempotency answers
+BACKGROUND_LOOPS = (
+    autoscale.autoscaler,  # scaling rules: replicas of each container group
+    webhook_sender,  # status webhooks: the outbox sender
+    retention_loop,  # old history, settled webhooks, idempotency answers
+)
 
 
 def prepare_database(settings: config.Settings) -> None:
@@ -77,13 +79,9 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     Extend(app, built_in_extensions=False,
            extensions=[OpenAPIExtension, HTTPExtension, HealthExtension, LoggingExtension])
     _describe_openapi(app)
-    for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp, scaling_rules.bp):
+    for blueprint in (health.bp, jobs.bp, work.bp, user_routes.bp, scaling_rules.bp,
+                      webhook_routes.bp, fleet.bp, ui.bp, docs.bp, metrics_routes.bp):
         app.blueprint(blueprint)
-    app.blueprint(webhook_routes.bp)
-    app.blueprint(fleet.bp)
-    app.blueprint(ui.bp)
-    app.blueprint(docs.bp)
-    app.blueprint(metrics_routes.bp)
     metrics.install(app)
 
     @app.after_server_start

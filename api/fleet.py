@@ -5,7 +5,8 @@ from datetime import timedelta
 
 from api import db
 from api.models import Job, JobBan, JobEvent
-from api.queue import RUNNING, STATUSES, Principal
+from api.principal import Principal
+from api.queue import RUNNING, STATUSES
 from api.serialize import timestamp
 
 MACHINE_WINDOW = timedelta(hours=1)

@@ -23,10 +23,9 @@ from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
 from api.states import FINAL_STATUSES, STATUSES, Action, JobStatus
 
-# Principal is re-exported: routes and modules name it from here too. The status names are
-# kept importable from here (api/routes, api/fleet.py, api/autoscale.py use them); they are
-# the enum members of api/states.py, defined once there.
-__all__ = ["FINAL_STATUSES", "STATUSES", "Principal"]
+# The status names are kept importable from here (api/routes, api/fleet.py, api/autoscale.py
+# use them); they are the enum members of api/states.py, defined once there.
+__all__ = ["FINAL_STATUSES", "STATUSES"]
 
 PENDING = JobStatus.PENDING
 RUNNING = JobStatus.RUNNING

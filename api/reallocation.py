@@ -20,7 +20,7 @@ from peewee import IntegrityError
 
 from api import db, keys, salad
 from api.models import JobBan, MachineReallocation, ScalingRule, User
-from api.queue import Principal
+from api.principal import Principal
 
 log = logging.getLogger("kelpie.reallocation")
 

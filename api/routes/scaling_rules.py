@@ -7,7 +7,7 @@ from sanic.response import empty, json
 from api import bodies, db, salad, users
 from api.errors import ApiError, Conflict, Forbidden, NotFound, Unavailable, ValidationError
 from api.models import ScalingRule
-from api.queue import Principal
+from api.principal import Principal
 from api.routes import documented, json_body
 from api.scopes import ADMIN_ONLY, TENANT, allow
 from api.serialize import timestamp

@@ -5,13 +5,14 @@ from sanic.response import json
 
 from api import db, queue, users, webhooks
 from api.errors import NotFound
+from api.principal import Principal
 from api.routes import documented
 from api.scopes import TENANT, allow
 
 bp = Blueprint("webhooks")
 
 
-def _deliveries(principal: queue.Principal, job_id: str) -> list:
+def _deliveries(principal: Principal, job_id: str) -> list:
     queue.get(principal, job_id)  # 404 unless the caller may see the job
     return webhooks.for_job(job_id)
 
