@@ -8,6 +8,7 @@ from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
 from api.queue import RUNNING, STATUSES
 from api.serialize import timestamp
+from api.states import EventKind
 
 MACHINE_WINDOW = timedelta(hours=1)
 ACTIVITY_WINDOW = timedelta(hours=24)
@@ -67,7 +68,7 @@ def activity(principal: Principal) -> dict:
     # Only transitions into a status count ("created" enters pending, "assigned" running...);
     # an attempt_failed event keeps the job running and is not a new entry.
     events = _own_jobs(JobEvent.select(JobEvent.at, JobEvent.status).join(Job), principal).where(
-        JobEvent.at >= first, JobEvent.kind.not_in(["attempt_failed", "heartbeat_lost"]))
+        JobEvent.at >= first, JobEvent.kind.not_in([EventKind.ATTEMPT_FAILED, EventKind.HEARTBEAT_LOST]))
     for event in events:
         at = event.at
         index = int((at - first).total_seconds() // 3600)

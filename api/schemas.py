@@ -10,12 +10,13 @@ from sanic_ext.extensions.openapi.definitions import Reference
 
 from api import bodies
 from api.bodies import LEGACY_FIELDS
+from api.states import EventKind, JobStatus
 
 DEFAULTS = bodies.DEFAULTS
 
 TIMESTAMP = {"type": "string", "format": "date-time", "nullable": True,
              "example": "2024-04-19T18:53:31.000Z"}
-STATUS = {"type": "string", "enum": ["pending", "running", "completed", "canceled", "failed"]}
+STATUS = {"type": "string", "enum": [str(status) for status in JobStatus]}
 NULLABLE_STRING = {"type": "string", "nullable": True}
 
 # What the job's request shows on the wire (the request's own schema is bodies.JobRequest's).
@@ -174,9 +175,7 @@ COMPONENTS = {
         "type": "object",
         "properties": {
             "id": {"type": "integer"}, "job_id": {"type": "string"}, "at": TIMESTAMP,
-            "kind": {"type": "string", "enum": [
-                "created", "assigned", "heartbeat_lost", "attempt_failed", "requeued", "failed",
-                "completed", "canceled", "purged"]},
+            "kind": {"type": "string", "enum": [str(kind) for kind in EventKind]},
             "status": STATUS, "machine_id": NULLABLE_STRING,
             "attempt": {"type": "integer", "nullable": True},
             "exit_code": {"type": "integer", "nullable": True}, "reason": NULLABLE_STRING,
