@@ -10,7 +10,7 @@ import pytest
 from tests.support import postgres
 from tests.support.api_process import ApiProcess
 from tests.support.imds import FakeImds
-from tests.support.seaweed import SeaweedFS
+from tests.support.seaweed import seaweed_store
 
 # Nothing a test starts may reach a cloud metadata service.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -72,10 +72,7 @@ def user_key(api, request):
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    store = SeaweedFS(data_dir=tmp_path_factory.mktemp("seaweed"))
-    store.start()
-    yield store
-    store.stop()
+    yield from seaweed_store(tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,9 +1,17 @@
-"""Fixtures for the agent's unit and integration tests: a Config built from a dict of environment
-variables (SeaweedFS, buckets and the IMDS stand-in come from tests/conftest.py)."""
+"""Fixtures for the agent's unit and integration tests: this suite's own SeaweedFS, and a Config
+built from a dict of environment variables (buckets and the IMDS stand-in come from
+tests/conftest.py)."""
 
 import pytest
 
 from agent import config as agent_config
+from tests.support.seaweed import seaweed_store
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """This suite's own store: see tests/support/seaweed.seaweed_store."""
+    yield from seaweed_store(tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""End-to-end fixtures: one API server (SQLite) for the session, a fresh user and container group
-per test, and agents started on demand (SeaweedFS, buckets and the IMDS stand-in come from
-tests/conftest.py)."""
+"""End-to-end fixtures: this suite's own SeaweedFS and one API server (SQLite) for the session, a
+fresh user and container group per test, and agents started on demand (buckets and the IMDS
+stand-in come from tests/conftest.py)."""
 
 import os
 import secrets
@@ -9,6 +9,13 @@ import pytest
 
 from tests.e2e.harness import Agent, Jobs
 from tests.support.api_process import ApiProcess
+from tests.support.seaweed import seaweed_store
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """This suite's own store: see tests/support/seaweed.seaweed_store."""
+    yield from seaweed_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -145,3 +145,16 @@ class SeaweedFS:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def seaweed_store(tmp_path_factory):
+    """A SeaweedFS for the life of the fixture that yields from this.
+
+    Not one for the whole run: SeaweedFS gives every bucket volumes of its own and a store runs
+    out of them (72 on this machine) long before a whole `make test` has made its buckets. So
+    the suites that make many (tests/agent, tests/e2e) declare a session `seaweed` of their own
+    with this body, and the rest share the one in tests/conftest.py."""
+    store = SeaweedFS(data_dir=tmp_path_factory.mktemp("seaweed"))
+    store.start()
+    yield store
+    store.stop()
