@@ -4,13 +4,11 @@ retried once on a fresh connection. No caller sees a 500."""
 
 import threading
 
-import psycopg2
 import pytest
 
 from tests.api.jobdefs import sync_job
 from tests.support import postgres
 from tests.support.api_process import ApiProcess
-from tests.support.net import wait_until
 
 
 @pytest.fixture
@@ -21,29 +19,6 @@ def pg_api(tmp_path):
     yield server, name
     server.stop()
     postgres.drop_database(name)
-
-
-def _terminate_connections(database_name: str) -> int:
-    """Kill every server connection to the database, and wait until they are gone."""
-    connection = psycopg2.connect(postgres.ADMIN_DSN)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pid FROM pg_stat_activity"
-                           " WHERE datname = %s AND pid <> pg_backend_pid()", (database_name,))
-            pids = [pid for (pid,) in cursor.fetchall()]
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
-                           (pids,))
-
-            # The API's background loops may open new connections meanwhile; wait for these.
-            def gone():
-                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
-                               (pids,))
-                return cursor.fetchone()[0] == 0
-            wait_until(gone, timeout=10, message="backends still alive after terminate")
-    finally:
-        connection.close()
-    return len(pids)
 
 
 def _traffic(api, key, group, answers, rounds=3):
@@ -77,7 +52,7 @@ def test_dropped_connections_are_reconnected_without_a_500(pg_api):
         for thread in threads:
             thread.join()
         assert all(status < 500 for _, status in warm), warm
-        assert _terminate_connections(database_name) >= 1, "the API held no connection"
+        assert postgres.terminate_connections(database_name) >= 1, "the API held no connection"
 
         answers = []
         threads = [threading.Thread(target=_traffic, args=(api, key, f"g{round_number}{i}",

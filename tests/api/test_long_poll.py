@@ -331,9 +331,8 @@ def test_postgres_listener_reconnects_after_its_connection_is_killed(pg_url, tmp
                 cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
                                " AND query ILIKE 'LISTEN%%'", (name,))
                 assert cursor.fetchone()[0] == 1
-                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                               " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-
+            postgres.terminate_connections(name)
+            with admin.cursor() as cursor:
                 def listening_again():
                     cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
                                    " AND query ILIKE 'LISTEN%%'", (name,))

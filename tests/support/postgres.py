@@ -5,6 +5,8 @@ import secrets
 
 import psycopg2
 
+from tests.support.net import wait_until
+
 ADMIN_DSN = os.environ.get("KELPIE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 HOST_URL = os.environ.get("KELPIE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 
@@ -34,3 +36,25 @@ def drop_database(name: str) -> None:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         connection.close()
+
+
+def terminate_connections(database_name: str) -> int:
+    """Kill every server connection to the database, and wait until they are gone."""
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity"
+                           " WHERE datname = %s AND pid <> pg_backend_pid()", (database_name,))
+            pids = [pid for (pid,) in cursor.fetchall()]
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                           (pids,))
+
+            # The API's background loops may open new connections meanwhile; wait for these.
+            def gone():
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                               (pids,))
+                return cursor.fetchone()[0] == 0
+            wait_until(gone, timeout=10, message="backends still alive after terminate")
+    finally:
+        connection.close()
+    return len(pids)
