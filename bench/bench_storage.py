@@ -147,7 +147,18 @@ def _timed(action, cpu: list | None = None) -> float:
 def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
     """Best of REPEATS seconds per (tool, dataset, direction). Tools are interleaved, and their
     order rotates from one repeat to the next, so neither a noisy neighbour nor going first
-    (SeaweedFS growing a fresh volume) favours one of them."""
+    favours one of them.
+
+    Two effects of this machine, not of any tool, are kept out of the timings:
+    - SeaweedFS creates a new bucket's first volume on the bucket's first write, and answers
+      every PUT that arrives meanwhile about a second late. A tool that happened to send 32
+      PUTs into that moment lost a second that another run did not, so each bucket gets one
+      small object (outside the tool's prefix) before the timed upload.
+    - Page-cache writeback: the 1 GiB written by the previous transfer (SeaweedFS's volume
+      files, or the last download) is still being flushed, and the next writer waits for it.
+      That wait moved one tool's 1 GiB download between 1 s and 3 s, so every timed transfer
+      starts after `os.sync()`.
+    """
     times: dict = {}
     cpu: dict = {}
     client = store.client()
@@ -156,9 +167,12 @@ def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
             for tool in tools[repeat % len(tools):] + tools[:repeat % len(tools)]:
                 bucket = f"bench-{tool.name.replace(' ', '')}-{dataset}-{repeat}".lower()
                 client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
                 up_cpu, down_cpu = [], []
+                os.sync()
                 up = _timed(lambda t=tool, b=bucket, s=source: t.upload(s, b, "data/"), up_cpu)
                 target = scratch / f"down-{bucket}"
+                os.sync()
                 down = _timed(lambda t=tool, b=bucket, d=target: t.download(b, "data/", d),
                               down_cpu)
                 files = [p for p in target.rglob("*") if p.is_file()]
