@@ -3,6 +3,8 @@ last day, both read from the job tables (the API keeps no registry of machines o
 
 from datetime import timedelta
 
+from peewee import fn
+
 from api import db
 from api.models import Job, JobBan, JobEvent
 from api.principal import Principal
@@ -32,12 +34,15 @@ def machines(principal: Principal) -> list[dict]:
             entry["last_seen"] = at
         entry["container_group_id"] = entry["container_group_id"] or group
 
-    # Heartbeats write no event, so a long attempt is seen through its job row instead.
-    events = _own_jobs(JobEvent.select(JobEvent.machine_id, JobEvent.at, Job.container_group_id)
-                       .join(Job), principal).where(JobEvent.at >= since,
-                                                    JobEvent.machine_id.is_null(False))
-    for event in events.objects():
-        note(event.machine_id, event.container_group_id, event.at)
+    # Heartbeats write no event, so a long attempt is seen through its job row instead. The
+    # database reduces the hour's events to one row per machine and group.
+    last_event = fn.MAX(JobEvent.at)
+    events = (_own_jobs(JobEvent.select(JobEvent.machine_id, Job.container_group_id, last_event)
+                        .join(Job), principal)
+              .where(JobEvent.at >= since, JobEvent.machine_id.is_null(False))
+              .group_by(JobEvent.machine_id, Job.container_group_id).tuples())
+    for machine_id, group, at in events:
+        note(machine_id, group, at)
     running = _own_jobs(Job.select(Job.id, Job.machine_id, Job.container_group_id, Job.heartbeat),
                         principal).where(Job.status == RUNNING, Job.heartbeat >= since)
     for job in running:
@@ -65,13 +70,18 @@ def activity(principal: Principal) -> dict:
     first = now - ACTIVITY_WINDOW + timedelta(hours=1)
     hours = [first + timedelta(hours=index) for index in range(24)]
     counts = {status: [0] * 24 for status in STATUSES}
+    # The database counts: a busy fleet writes hundreds of thousands of events a day, and
+    # fetching each row to count it here held a database thread for seconds per page view.
+    hour = db.database.truncate_date("hour", JobEvent.at)
     # Only transitions into a status count ("created" enters pending, "assigned" running...);
     # an attempt_failed event keeps the job running and is not a new entry.
-    events = _own_jobs(JobEvent.select(JobEvent.at, JobEvent.status).join(Job), principal).where(
-        JobEvent.at >= first, JobEvent.kind.not_in([EventKind.ATTEMPT_FAILED, EventKind.HEARTBEAT_LOST]))
-    for event in events:
-        at = event.at
+    per_hour = (_own_jobs(JobEvent.select(hour, JobEvent.status, fn.COUNT(JobEvent.id))
+                          .join(Job), principal)
+                .where(JobEvent.at >= first,
+                       JobEvent.kind.not_in([EventKind.ATTEMPT_FAILED, EventKind.HEARTBEAT_LOST]))
+                .group_by(hour, JobEvent.status).tuples())
+    for at, status, count in per_hour:
         index = int((at - first).total_seconds() // 3600)
-        if 0 <= index < 24 and event.status in counts:
-            counts[event.status][index] += 1
+        if 0 <= index < 24 and status in counts:
+            counts[status][index] += count
     return {"hours": [timestamp(hour) for hour in hours], "counts": counts}
