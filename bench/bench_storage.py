@@ -167,7 +167,9 @@ def _transfer_times(tools, datasets, store, scratch: Path) -> dict:
             for tool in tools[repeat % len(tools):] + tools[:repeat % len(tools)]:
                 bucket = f"bench-{tool.name.replace(' ', '')}-{dataset}-{repeat}".lower()
                 client.create_bucket(Bucket=bucket)
-                client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
+                # Not empty: SeaweedFS keeps an empty object in the filer's metadata, and
+                # only an object with content makes it create the volume.
+                client.put_object(Bucket=bucket, Key="warm-up", Body=bytes(SMALL_SIZE))
                 up_cpu, down_cpu = [], []
                 os.sync()
                 up = _timed(lambda t=tool, b=bucket, s=source: t.upload(s, b, "data/"), up_cpu)
