@@ -6,6 +6,8 @@ PostgreSQL locks the candidate row with SKIP LOCKED; SQLite's BEGIN IMMEDIATE al
 excludes other writers.
 """
 
+import hashlib
+
 from api import lease
 from api.states import Action, JobStatus, rule
 
@@ -76,14 +78,17 @@ _CLAIM_PENDING_PG = (
     " FROM (SELECT 1) one LEFT JOIN assigned a ON true"
 )
 
-# `SET LOCAL synchronous_commit` makes PostgreSQL acknowledge a heartbeat without waiting for
-# its WAL flush. A heartbeat lost in a database crash only shortens one lease by a fraction of a
-# second; waiting for fsync would cap heartbeats per second for nothing. Both statements go in
-# one round trip and run in one implicit transaction.
+# Sent before a heartbeat's statement on PostgreSQL, in the same round trip and so the same
+# implicit transaction: it acknowledges the heartbeat without waiting for its WAL flush. A
+# heartbeat lost in a database crash only shortens one lease by a fraction of a second; waiting
+# for fsync would cap heartbeats per second for nothing.
+NO_FLUSH_WAIT = "SET LOCAL synchronous_commit TO OFF; "
+
+# PostgreSQL runs it PREPAREd (api/queue.py), hence the casts: a prepared statement's parameters
+# get their types from the text alone.
 _HEARTBEAT = {
-    "postgresql": "SET LOCAL synchronous_commit TO OFF; "
-                  "UPDATE jobs SET heartbeat = %s,"
-                  " lease_expires = %s + {lease} * interval '1 second',"
+    "postgresql": "UPDATE jobs SET heartbeat = %s::timestamp,"
+                  " lease_expires = %s::timestamp + {lease} * interval '1 second',"
                   " num_heartbeats = num_heartbeats + 1"
                   " WHERE id = %s AND machine_id = %s AND status = " + _RUNNING_SQL
                   + "{owner}",
@@ -157,6 +162,24 @@ def claim_pending_pg(user_id: str, machine_id: str, container_group_id, now, *, 
               + [timestamp, now, now]
               + key_params)
     return sql, params
+
+
+def prepared(statement: str) -> tuple[str, str]:
+    """(name, PREPARE text) for a PostgreSQL statement written with %s placeholders. The name
+    follows from the text, so a connection prepares each variant once, and every process (and
+    the benchmark's bare loop) names it alike."""
+    name = "kelpie_" + hashlib.sha1(statement.encode()).hexdigest()[:16]
+    numbered, count = statement, 0
+    while "%s" in numbered:
+        count += 1
+        numbered = numbered.replace("%s", f"${count}", 1)
+    return name, f"PREPARE {name} AS {numbered}"
+
+
+def execute_prepared(name: str, params: list, before: str = "") -> tuple[str, list]:
+    """(sql, params) running the statement `prepared` named, after `before` (such as
+    NO_FLUSH_WAIT) in the same round trip."""
+    return f"{before}EXECUTE {name} ({', '.join(['%s'] * len(params))})", params
 
 
 def heartbeat(dialect: str, job_id: str, machine_id: str, owner_id: str | None, now, *,
