@@ -329,7 +329,7 @@ def _claim_pending_pg(principal: Principal, machine_id: str, container_group_id,
     cursor = _execute_prepared(*sql.claim_pending_pg(
         principal.user_id, machine_id, container_group_id, now, actor=principal.actor,
         timestamp=serialize.timestamp(now), project=principal.project,
-        key_hash=principal.key_hash))
+        key_hash=principal.key_hash), before=sql.CLAIM_PENDING_PG_BEFORE)
     row = cursor.fetchone()
     stale, key_ok = row[0], row[1]
     if stale:

@@ -137,7 +137,7 @@ def _bare_claim_loop(database_name, user_id, key_hash, group, seconds) -> float:
         if index not in prepared_on:
             cursor.execute(prepare)
             prepared_on.add(index)
-        cursor.execute(*sql.execute_prepared(name, params))
+        cursor.execute(*sql.execute_prepared(name, params, sql.CLAIM_PENDING_PG_BEFORE))
         row = cursor.fetchone()
         assert row[1], "the key check failed"
         return row[2] is not None
