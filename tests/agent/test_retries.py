@@ -4,6 +4,7 @@ its square or cube, as when botocore retried inside our loops), and one that fai
 still succeeds. See docs/agent.md, "Retries"."""
 
 import os
+import secrets
 
 import pytest
 
@@ -16,6 +17,13 @@ from tests.support.s3_faults import FaultProxy
 
 ATTEMPTS = 3  # MAX_RETRIES here: 3 attempts, where layered retries would make 9 or 27
 MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweed):
+    """One bucket for the module (each test keeps to its own prefix): SeaweedFS gives every
+    bucket volumes of its own, and this suite's store has few (tests/support/seaweed.py)."""
+    return seaweed.create_bucket("retries-" + secrets.token_hex(6))
 
 
 @pytest.fixture
