@@ -60,11 +60,12 @@ def _own_fault(error: BaseException) -> str | None:
     return None
 
 
-def storage_problem(client) -> str | None:
-    """Whether the storage answers and accepts our credentials: a list of buckets. A refusal
-    of that list alone (AccessDenied) still proves the key was recognised."""
+def storage_problem(storage) -> str | None:
+    """Whether the storage answers and accepts our credentials: a list of buckets (through
+    agent.storage.Storage, which retries it). A refusal of that list alone (AccessDenied)
+    still proves the key was recognised."""
     try:
-        client.list_buckets()
+        storage.list_buckets()
     except Exception as error:  # noqa: BLE001 - judged by node_fault; anything else is fine
         return node_fault(error)
     return None

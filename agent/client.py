@@ -105,45 +105,43 @@ class ApiClient:
         Retries until `attempts` are used up or, if `deadline` (a time.monotonic() value) is
         given, until then, whichever ends later.
         """
-        attempts = attempts or self.config.max_retries
         url = self.config.api_url + path
         data = None if body is None else json.dumps(body).encode()
-        attempt = 0
-        refreshed_jwt = False
-        while True:
-            attempt += 1
+        # Only when given: passing timeout=None to urllib3 would mean "wait forever".
+        bounded = {"timeout": urllib3.Timeout(connect=min(5, timeout), read=timeout)
+                   } if timeout else {}
+
+        def send():
+            headers = {"User-Agent": f"kelpie-agent/{__version__}",
+                       "Content-Type": "application/json", **self._auth_headers()}
+            response = self.http.request(method, url, body=data, headers=headers, **bounded)
+            return response.status, decode_body(response.data)
+
+        tries = retry.Attempts(attempts or self.config.max_retries,
+                               self.stop if deadline is None else None, deadline=deadline)
+        problem = ""
+        for attempt in tries:
             try:
-                headers = {"User-Agent": f"kelpie-agent/{__version__}",
-                           "Content-Type": "application/json", **self._auth_headers()}
-                # Only when given: passing timeout=None to urllib3 would mean "wait forever".
-                bounded = {"timeout": urllib3.Timeout(connect=min(5, timeout), read=timeout)
-                           } if timeout else {}
-                response = self.http.request(method, url, body=data, headers=headers,
-                                             **bounded)
-                status = response.status
-                payload = decode_body(response.data)
+                status, payload = send()
+                if status in (401, 403) and self._jwt:
+                    # The IMDS JWT may have expired or been rotated: fetch a fresh one and
+                    # ask again at once, within the same attempt.
+                    self._drop_jwt()
+                    status, payload = send()
                 if status < 400:
                     return status, payload
-                if status in (401, 403) and self._jwt and not refreshed_jwt:
-                    # The IMDS JWT may have expired or been rotated: fetch a fresh one, once.
-                    self._drop_jwt()
-                    refreshed_jwt = True
-                    attempt -= 1
-                    continue
                 if status < 500 and status != 429:
                     raise ApiError(status, payload)
                 problem = f"{status} {payload}"
             except (urllib3.exceptions.HTTPError, ApiUnavailable) as error:
                 problem = str(error)
-            more_time = deadline is not None and time.monotonic() < deadline
-            if attempt >= attempts and not more_time:
-                raise ApiUnavailable(f"{method} {path}: {problem}")
-            delay = retry.backoff_delay(attempt)
-            log.warning("API call failed, retrying",
-                        extra={"method": method, "path": path, "error": problem,
-                               "attempt": attempt, "retry_in_s": round(delay, 2)})
-            if retry.sleep(delay, self.stop if deadline is None else None):
-                raise ApiUnavailable(f"{method} {path}: stopped while retrying ({problem})")
+            if not tries.last:
+                log.warning("API call failed, retrying",
+                            extra={"method": method, "path": path, "error": problem,
+                                   "attempt": attempt, "retry_in_s": round(tries.next_delay, 2)})
+        if tries.stopped:
+            raise ApiUnavailable(f"{method} {path}: stopped while retrying ({problem})")
+        raise ApiUnavailable(f"{method} {path}: {problem}")
 
     # --- the worker endpoints ---
 

@@ -26,14 +26,12 @@ def resolve(config: Config, imds: Imds) -> Config:
     if config.kelpie_api_key or config.salad_api_key:
         return config  # a key names its tenant; the node's ids are the configured ones
     token, error = None, None
-    for attempt in range(1, config.max_retries + 1):
+    for _ in retry.Attempts(config.max_retries):  # it may still be starting: a few tries
         try:
             token = imds.token()
             break
-        except ImdsUnavailable as problem:  # it may still be starting: a few tries
+        except ImdsUnavailable as problem:
             error = problem
-            if attempt < config.max_retries:
-                retry.sleep(retry.backoff_delay(attempt))
     if token is None:
         raise IdentityError(
             "no usable credentials: no KELPIE_API_KEY, no SALAD_API_KEY with SALAD_PROJECT, "

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import botocore.session
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from agent import commits, retry
 from agent import log as agent_log
@@ -72,6 +74,11 @@ class Fingerprint:
 
 class TransferFailed(Exception):
     pass
+
+
+class PartFailed(TransferFailed):
+    """A part of a large object (a ranged GET, an uploaded part) failed on every one of its
+    own attempts: the object as a whole is not tried again, which would multiply them."""
 
 
 class DownloadCanceled(Exception):
@@ -157,6 +164,24 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
 
 
+# S3 error codes that mean "busy, ask again", whatever their HTTP status.
+THROTTLING_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout",
+                    "RequestLimitExceeded", "TooManyRequestsException"}
+
+
+def transient(error: BaseException) -> bool:
+    """Whether asking again may help (what botocore's standard retry mode retries): no
+    answer, a 5xx or 429, throttling. Not a 4xx: a missing key or a refused credential stays
+    so."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = error.response.get("Error", {}).get("Code")
+        return status >= 500 or status == 429 or code in THROTTLING_CODES
+    if isinstance(error, S3RequestError):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, (BotoConnectionError, HTTPClientError, Urllib3Error))
+
+
 def _precondition_failed(error: Exception) -> bool:
     if isinstance(error, S3RequestError):
         return error.status == 412
@@ -184,7 +209,9 @@ def make_s3_client(config: Config, session=None):
     boto_config = BotoConfig(
         region_name=config.s3_region,
         max_pool_connections=config.transfer_concurrency + config.part_concurrency + 4,
-        retries={"max_attempts": config.max_retries, "mode": "standard"},
+        # One attempt per call: every call is retried by exactly one loop of ours instead
+        # (docs/agent.md, "Retries"), so attempts never multiply.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         s3={"addressing_style": addressing},
         connect_timeout=10,
         read_timeout=60,
@@ -292,6 +319,15 @@ class Storage:
         self._first_writes: dict[str, threading.Event] = {}
         self._first_write_lock = threading.Lock()
 
+    def _call(self, operation: Callable, **kwargs):
+        """A call no transfer loop repeats (listing, HEAD, markers, deletes, the storage
+        check): tried up to max_retries times while its errors are transient."""
+        return retry.call(lambda: operation(**kwargs), self.config.max_retries, transient)
+
+    def list_buckets(self) -> dict:
+        """The storage check's call (agent.blame.storage_problem)."""
+        return self._call(self.client.list_buckets)
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.part_pool.shutdown(wait=False, cancel_futures=True)
@@ -325,13 +361,13 @@ class Storage:
         kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if token:
             kwargs["ContinuationToken"] = token
-        page = self.client.list_objects_v2(**kwargs)
+        page = self._call(self.client.list_objects_v2, **kwargs)
         token = page.get("NextContinuationToken")
         return page.get("Contents", []), (token if page.get("IsTruncated") and token else None)
 
     def delete(self, rule: SyncRule, rel: str) -> None:
         key = rule.key_for(rel)
-        self.client.delete_object(Bucket=rule.bucket, Key=key)
+        self._call(self.client.delete_object, Bucket=rule.bucket, Key=key)
         log.info("deleted object of a deleted file", extra={"bucket": rule.bucket, "key": key})
 
     # --- commit markers (agent.commits) ---
@@ -346,8 +382,8 @@ class Storage:
     def get_marker(self, rule: SyncRule, unit: str) -> bytes | None:
         """The unit's marker, or None if it has none."""
         try:
-            answer = self.client.get_object(Bucket=rule.bucket,
-                                            Key=commits.marker_key(rule.prefix, unit))
+            answer = self._call(self.client.get_object, Bucket=rule.bucket,
+                                Key=commits.marker_key(rule.prefix, unit))
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
@@ -356,11 +392,13 @@ class Storage:
             return body.read()
 
     def put_marker(self, rule: SyncRule, unit: str, body: bytes) -> None:
-        self.client.put_object(Bucket=rule.bucket, Key=commits.marker_key(rule.prefix, unit),
-                               Body=body, ContentType="application/json")
+        self._call(self.client.put_object, Bucket=rule.bucket,
+                   Key=commits.marker_key(rule.prefix, unit), Body=body,
+                   ContentType="application/json")
 
     def delete_marker(self, rule: SyncRule, unit: str) -> None:
-        self.client.delete_object(Bucket=rule.bucket, Key=commits.marker_key(rule.prefix, unit))
+        self._call(self.client.delete_object, Bucket=rule.bucket,
+                   Key=commits.marker_key(rule.prefix, unit))
 
     # --- downloads ---
 
@@ -401,8 +439,13 @@ class Storage:
             kept.append(obj)
         return kept
 
-    def _current(self, bucket: str, key: str) -> tuple[int, str]:
-        head = self.client.head_object(Bucket=bucket, Key=key)
+    def _current(self, bucket: str, key: str, retried: bool = True) -> tuple[int, str]:
+        """Size and ETag of the object now. `retried=False` inside a download, whose own
+        loop asks again."""
+        if retried:
+            head = self._call(self.client.head_object, Bucket=bucket, Key=key)
+        else:
+            head = self.client.head_object(Bucket=bucket, Key=key)
         return head["ContentLength"], head["ETag"]
 
     def download_rule(self, rule: SyncRule,
@@ -466,7 +509,11 @@ class Storage:
             raise
         fingerprints: dict[str, Fingerprint] = {}
         last_error: Exception | None = None  # kept as the cause, so agent.blame can judge it
-        for attempt in range(1, self.config.max_retries + 1):
+        failed: list[tuple] = []  # to try again
+        given_up: list[tuple] = []  # a range used up its own attempts (PartFailed)
+        for attempt in retry.Attempts(self.config.max_retries, cancel):
+            if attempt > 1:
+                futures = {start(plan): plan for plan in failed}
             failed = []
             canceled = False
             for future, plan in futures.items():
@@ -486,6 +533,12 @@ class Storage:
                         size, etag = plan[1], None
                     failed.append((key, size, local_rel, path, maybe_compressed, etag))
                     continue
+                except PartFailed as error:
+                    log.warning("download failed", extra={"key": key, "error": str(error),
+                                                          "attempt": attempt})
+                    last_error = error
+                    given_up.append(plan)
+                    continue
                 except Exception as error:  # noqa: BLE001 - any failure is retried, then reported
                     log.warning("download failed", extra={"key": key, "error": str(error),
                                                           "attempt": attempt})
@@ -499,14 +552,13 @@ class Storage:
                 raise DownloadCanceled()
             if not failed:
                 break
-            if attempt == self.config.max_retries:
-                raise TransferFailed(
-                    f"{len(failed)} object(s) under s3://{rule.bucket}/{rule.prefix} failed to "
-                    f"download, e.g. {failed[0][0]}") from last_error
-            retry.sleep(retry.backoff_delay(attempt))
-            if cancel.is_set():
-                raise DownloadCanceled()
-            futures = {start(plan): plan for plan in failed}
+        if cancel.is_set():
+            raise DownloadCanceled()  # set during a pause between attempts
+        if failed or given_up:
+            failed += given_up
+            raise TransferFailed(
+                f"{len(failed)} object(s) under s3://{rule.bucket}/{rule.prefix} failed to "
+                f"download, e.g. {failed[0][0]}") from last_error
         log.info("downloaded", extra={"bucket": rule.bucket, "prefix": rule.prefix,
                                       "files": len(fingerprints), "local_dir": str(rule.local_dir)})
         return fingerprints
@@ -635,7 +687,7 @@ class Storage:
         cancel = cancel or threading.Event()
         path = Path(path)
         if etag is None:
-            size, etag = self._current(rule.bucket, key)
+            size, etag = self._current(rule.bucket, key, retried=False)
         part_size = self.config.multipart_chunksize
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
         progress = _Progress("download", key, size)
@@ -669,7 +721,8 @@ class Storage:
     def _get_range(self, bucket: str, key: str, fd: int, first: int, last: int,
                    progress: "_Progress", etag: str | None = None,
                    cancel: threading.Event | None = None) -> None:
-        for attempt in range(1, self.config.max_retries + 1):
+        tries = retry.Attempts(self.config.max_retries)
+        for _ in tries:
             offset = first
             try:
                 if cancel is not None and cancel.is_set():
@@ -689,10 +742,9 @@ class Storage:
                 return
             except (DownloadCanceled, ObjectChanged):
                 raise  # neither gets better by asking again for this range
-            except Exception:  # noqa: BLE001 - retried below, then raised
-                if attempt == self.config.max_retries:
-                    raise
-                retry.sleep(retry.backoff_delay(attempt))
+            except Exception as error:  # noqa: BLE001 - tried again, then raised
+                if tries.last:
+                    raise PartFailed(f"{key}: range {first}-{last}: {error}") from error
 
     # --- uploads ---
 
@@ -708,7 +760,8 @@ class Storage:
         the caller sends it once it is complete again. Without `changed` it is retried.
         """
         pending = list(rels)
-        for attempt in range(1, self.config.max_retries + 1):
+        given_up: list[str] = []  # a part used up its own attempts (PartFailed)
+        for attempt in retry.Attempts(self.config.max_retries):
             # Everything per file (resolving the path, stat, open, read, sign, send) runs in
             # the transfer pool: done here, one file after another, resolving and stat'ing
             # 500 paths held back the first requests and competed for the GIL with the
@@ -726,6 +779,11 @@ class Storage:
                         continue
                     failed.append(rel)
                     continue
+                except PartFailed as error:
+                    log.warning("upload failed", extra={"key": rule.key_for(rel),
+                                                        "error": str(error), "attempt": attempt})
+                    given_up.append(rel)
+                    continue
                 except Exception as error:  # noqa: BLE001
                     log.warning("upload failed", extra={"key": rule.key_for(rel),
                                                         "error": str(error), "attempt": attempt})
@@ -735,12 +793,10 @@ class Storage:
                     continue  # deleted meanwhile: nothing to upload
                 if on_done:
                     on_done(rel, fingerprint)
-            if not failed:
-                return []
             pending = failed
-            if attempt < self.config.max_retries:
-                retry.sleep(retry.backoff_delay(attempt))
-        return pending
+            if not pending:
+                break
+        return pending + given_up
 
     def upload_async(self, rule: SyncRule, rel: str):
         """Start one upload; returns a future whose result() is the fingerprint of the
@@ -845,14 +901,26 @@ class Storage:
             Bucket=rule.bucket, Key=key, **extra)["UploadId"]
         progress = _Progress("upload", key, size)
         in_flight = threading.BoundedSemaphore(self.config.part_concurrency)
+        abandoned = threading.Event()  # ends the pauses of parts still being tried
         futures = []
 
         def send(number: int, data: bytes) -> dict:
+            # A part is tried again by itself: redoing the whole upload would resend every
+            # good part and multiply the attempts of this one.
             try:
-                answer = self.client.upload_part(Bucket=rule.bucket, Key=key, UploadId=upload_id,
-                                                 PartNumber=number, Body=data)
-                progress.add(len(data))
-                return {"PartNumber": number, "ETag": answer["ETag"]}
+                tries = retry.Attempts(self.config.max_retries, abandoned)
+                for _ in tries:
+                    try:
+                        answer = self.client.upload_part(Bucket=rule.bucket, Key=key,
+                                                         UploadId=upload_id, PartNumber=number,
+                                                         Body=data)
+                    except Exception as error:  # noqa: BLE001 - tried again, then raised
+                        if tries.last:
+                            raise PartFailed(f"{key}: part {number}: {error}") from error
+                        continue
+                    progress.add(len(data))
+                    return {"PartNumber": number, "ETag": answer["ETag"]}
+                raise TransferFailed(f"{key}: part {number}: the upload was abandoned")
             finally:
                 in_flight.release()
 
@@ -878,6 +946,7 @@ class Storage:
                 Bucket=rule.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts})
         except BaseException:
+            abandoned.set()
             for future in futures:
                 future.cancel()
             try:

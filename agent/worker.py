@@ -474,14 +474,14 @@ class Worker:
         """Whether a failed transfer is this node's fault: the error itself says so, or the
         storage or the work directory fails the same check as before the first claim."""
         return (blame.node_fault(error)
-                or (blame.storage_problem(self.storage.client) if self.storage.configured
+                or (blame.storage_problem(self.storage) if self.storage.configured
                     else None)
                 or blame.work_dir_problem(self.config.work_dir))
 
     def preflight(self) -> str | None:
         """Before the first claim: one line saying why this node cannot run jobs, or None."""
         return (blame.work_dir_problem(self.config.work_dir)
-                or (blame.storage_problem(self.storage.client) if self.storage.configured
+                or (blame.storage_problem(self.storage) if self.storage.configured
                     else None))
 
     def _download(self, plan: JobPlan, result: Future, cancel: threading.Event) -> None:

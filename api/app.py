@@ -13,7 +13,7 @@ from sanic_ext.extensions.openapi.extension import OpenAPIExtension
 
 from agent.version import __version__
 from api import autoscale, config, db, lease, metrics, salad, salad_auth, schemas, users, wakeups
-from api.auth import KeyCache
+from api.auth import key_cache
 from api.errors import JsonErrorHandler
 from api.migrations import apply_all
 from api.ratelimit import FailureLimiter
@@ -64,7 +64,7 @@ def create_app(settings: config.Settings | None = None, name: str = "kelpie") ->
     # it (a keep-alive connection's idle timeout, 120 s by default, already does).
     app.config.RESPONSE_TIMEOUT = max(60, int(settings.max_poll_wait_s) + 30)
     app.ctx.settings = settings
-    app.ctx.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.ctx.key_cache = key_cache(settings.auth_cache_seconds)
     app.ctx.auth_limiter = FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
     # Salad API key and worker JWT verification, with their caches (one set per process).
     app.ctx.salad_identity = salad_auth.SaladIdentity(settings)

@@ -10,48 +10,30 @@ too many failed attempts → 429 (api/ratelimit.py). Which routes a principal ma
 api/scopes.py's business.
 """
 
-import time
-
 from sanic import Request
 
 from api import db, keys
 from api.errors import Forbidden, Unauthorized
 from api.principal import Principal
+from api.ttl_cache import TtlCache
 
 CREDENTIAL_HEADERS = ("x-kelpie-key", "salad-api-key", "salad-organization", "salad-project",
                       "authorization")
 
 
-class KeyCache:
-    """Principals of verified keys, for the worker protocol's hot routes only (claims and
-    heartbeats): there the route's own statement checks that the key still exists (api/sql.py),
-    so a cached principal costs no extra read and still stops working the moment its key is
-    revoked, in every process. Every other route reads the key afresh."""
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self._entries: dict[str, tuple[float, Principal]] = {}
-
-    def get(self, key_hash: str) -> Principal | None:
-        entry = self._entries.get(key_hash)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, key_hash: str, principal: Principal) -> None:
-        if len(self._entries) > 10000:
-            self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
-
-    def drop(self, key_hash: str) -> None:
-        self._entries.pop(key_hash, None)
+def key_cache(ttl: float) -> TtlCache[str, Principal]:
+    """Principals of verified keys by key hash, for the worker protocol's hot routes only
+    (claims and heartbeats): there the route's own statement checks that the key still exists
+    (api/sql.py), so a cached principal costs no extra read and still stops working the moment
+    its key is revoked, in every process. Every other route reads the key afresh."""
+    return TtlCache(ttl)
 
 
 async def kelpie_key(request: Request) -> Principal | None:
     key = request.headers.get("x-kelpie-key")
     if not key:
         return None
-    cache: KeyCache = request.app.ctx.key_cache
+    cache: TtlCache[str, Principal] = request.app.ctx.key_cache
     key_hash = keys.hash_key(key)
     if getattr(request.ctx, "key_checked_by_statement", False):
         principal = cache.get(key_hash)

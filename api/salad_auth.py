@@ -49,6 +49,7 @@ from api import auth, db, salad, users
 from api.config import Settings
 from api.errors import Forbidden, Unavailable, ValidationError
 from api.principal import USER, WORKER, Principal
+from api.ttl_cache import TtlCache
 
 log = logging.getLogger("kelpie.api.salad_auth")
 
@@ -122,32 +123,6 @@ class _Verdict:
     refusal: str | None = None
 
 
-class _AnswerCache:
-    """Answers kept `ttl` seconds, then kept `stale` seconds more for when Salad is down."""
-
-    def __init__(self, ttl: float, stale: float):
-        self.ttl, self.stale = ttl, stale
-        self._entries: dict[str, tuple[float, object]] = {}
-
-    def get(self, key: str, *, allow_stale: bool = False):
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        age = time.monotonic() - entry[0]
-        if age < self.ttl or (allow_stale and age < self.ttl + self.stale):
-            return entry[1]
-        return None
-
-    def put(self, key: str, value) -> None:
-        if len(self._entries) > 10000:
-            now = time.monotonic()
-            self._entries = {k: v for k, v in self._entries.items()
-                             if now - v[0] < self.ttl + self.stale}
-            if len(self._entries) > 10000:
-                self._entries.clear()
-        self._entries[key] = (time.monotonic(), value)
-
-
 class _SingleFlight:
     """Concurrent requests for the same answer share one call to Salad."""
 
@@ -168,7 +143,8 @@ class _SingleFlight:
 class ApiKeyVerifier:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.cache = _AnswerCache(settings.salad_auth_cache_seconds,
+        # Answers kept `ttl` seconds, then `stale` seconds more for when Salad is down.
+        self.cache: TtlCache[str, _Verdict] = TtlCache(settings.salad_auth_cache_seconds,
                                   settings.salad_auth_stale_seconds)
         self.flights = _SingleFlight()
 
@@ -335,8 +311,8 @@ class JwtVerifier:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.jwks = JwksKeys(settings)
-        # organization -> (expires, user id): a heartbeat costs no user lookup.
-        self._users: dict[str, tuple[float, str, str]] = {}
+        # organization -> (user id, name): a heartbeat costs no user lookup.
+        self._users: TtlCache[str, tuple[str, str]] = TtlCache(settings.auth_cache_seconds)
 
     async def verify(self, token: str) -> dict:
         """The verified claims of a workload token; Forbidden for anything not genuine."""
@@ -383,14 +359,11 @@ class JwtVerifier:
         return claims
 
     async def user_for(self, org: str, project: str) -> tuple[str, str]:
-        entry = self._users.get(org)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1], entry[2]
+        known = self._users.get(org)
+        if known is not None:
+            return known
         user = await db.run(users.find_or_create_for_org, org, project)
-        if len(self._users) > 10000:
-            self._users.clear()
-        self._users[org] = (time.monotonic() + self.settings.auth_cache_seconds,
-                            user.id, user.name)
+        self._users.put(org, (user.id, user.name))
         return user.id, user.name
 
 

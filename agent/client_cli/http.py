@@ -6,17 +6,16 @@ once the request may have reached the API, sending it again could submit the job
 """
 
 import json
-import time
 
 import urllib3
 
+from agent import retry
 from agent.client import decode_body
 from agent.client_cli.errors import Refused, Unreachable
 from agent.config import ClientConfig
 from agent.version import __version__
 
-ATTEMPTS = 3
-BACKOFF_S = 0.5
+ATTEMPTS = 3  # with agent.retry's pauses, a person waits at most 0.5 s + 1 s for retries
 
 
 class Api:
@@ -36,9 +35,7 @@ class Api:
             headers["Content-Type"] = "application/json"
         idempotent = method in ("GET", "DELETE")
         problem = ""
-        for attempt in range(1, self.attempts + 1):
-            if attempt > 1:
-                time.sleep(BACKOFF_S * 2 ** (attempt - 2))
+        for _ in retry.Attempts(self.attempts):
             try:
                 response = self.http.request(method, self.config.api_url + path, body=data,
                                              headers=headers)
