@@ -27,6 +27,11 @@ EXIT_CODES = bodies.bounds(bodies.FailureReport, "exit_code")
 MAX_REASON = bodies.max_length(bodies.FailureReport, "reason")
 FAILURE_KINDS = bodies.choices(bodies.FailureReport, "kind")
 DEFAULT_KIND = bodies.default(bodies.FailureReport, "kind")
+# GET /work's query names the machine and group as the reports do: their schemas without the
+# body's null and default, which a query parameter cannot have.
+IDENTITY = {name: {key: value for key, value in schema.items()
+                   if key not in ("type", "nullable", "default")}
+            for name, schema in bodies.openapi_schema(bodies.WorkerReport)["properties"].items()}
 
 
 def worker_identity(principal: Principal, machine_id, container_group_id) -> tuple[str, str | None]:
@@ -159,8 +164,11 @@ async def _claim(request: Request, machine_id: str, container_group_id, key: str
             "request is held until a job for the caller's container group can be claimed or "
             "the wait ends (then []).",
             responses={200: "WorkList"}, parameters=[
-                Parameter("machine_id", String(), "query", required=True),
-                Parameter("container_group_id", String(), "query"),
+                # The same limits as the reports' fields of the same names.
+                Parameter("machine_id", String(**IDENTITY["machine_id"]), "query",
+                          required=True),
+                Parameter("container_group_id", String(**IDENTITY["container_group_id"]),
+                          "query"),
                 Parameter("wait", Float(minimum=0, maximum=DEFAULTS.max_poll_wait_s, default=0),
                           "query", description="Seconds to hold the request while there is no "
                           "job (long poll). Larger values are served as the server's limit, "

@@ -69,6 +69,23 @@ def test_the_document_states_each_body_as_its_model_does(document):
     assert set(ROUTE_BODIES.values()) <= set(bodies.MODELS)
 
 
+def test_the_work_query_states_the_reports_identity_limits(document):
+    """GET /work validates machine_id and container_group_id as the reports do; its parameters
+    say so with the reports' own limits."""
+    parameters = {parameter["name"]: parameter["schema"]
+                  for parameter in document["paths"]["/work"]["get"]["parameters"]}
+    report = COMPONENTS["WorkerReport"]["properties"]
+    for name in ("machine_id", "container_group_id"):
+        assert parameters[name] == {key: value for key, value in report[name].items()
+                                    if key not in ("nullable", "default")}, name
+        longest = "x" * parameters[name]["maxLength"]
+        identity = {"machine_id": "m", "container_group_id": None}
+        work.worker_identity(ANY_WORKER, **{**identity, name: longest})
+        with pytest.raises(ValidationError) as refused:
+            work.worker_identity(ANY_WORKER, **{**identity, name: longest + "x"})
+        assert refused.value.field == name
+
+
 def test_the_document_is_openapi_3_0():
     """No JSON Schema 2020-12 forms the 3.0 document may not hold (pydantic's null type)."""
     text = json.dumps(COMPONENTS)
