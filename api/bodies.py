@@ -4,8 +4,9 @@ A model is the one place a body's fields, limits and defaults are written. Two t
 from it:
 
 - the OpenAPI document's component schema (`openapi_schema`, registered by api/schemas.py), and
-- the limits the validators enforce: api/jobspec.py, api/routes/users.py and
-  api/routes/scaling_rules.py take field names, bounds, lengths, choices and defaults from here
+- the limits the validators enforce: api/jobspec.py, api/routes/users.py,
+  api/routes/scaling_rules.py and api/routes/work.py (the worker protocol's reports) take field
+  names, bounds, lengths, choices and defaults from here
   (`object_of`, `known_fields`, `bounds`, `min_length`, `max_length`, `choices`, `default`)
   instead of writing them again.
 
@@ -216,6 +217,40 @@ class TokenCreate(Body):
     project_name: str | None = Field(None, description="The original's field; ignored.")
 
 
+# --- The worker protocol's reports (api/routes/work.py) -----------------------------------
+
+MAX_REASON_LENGTH = 100_000
+REASON_KEPT_LENGTH = 2000  # what is stored of a failure's reason; the rest is dropped
+INT32 = (-(2**31), 2**31 - 1)  # an exit code as every platform's wait status holds it
+
+
+class WorkerReport(Body):
+    """A heartbeat. Every report names the machine and the container group it runs for."""
+
+    # The original worker sends these two fields and, over the years, others; a report's
+    # unknown fields have always been ignored, so the document says additionalProperties true.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    machine_id: Name
+    container_group_id: str | None = Field(None, max_length=MAX_ID_LENGTH)
+
+
+class CompletionReport(WorkerReport):
+    exit_code: Literal[0] | None = Field(
+        None, description="Optional (the original sends none); a completed job exited 0.")
+
+
+class FailureReport(WorkerReport):
+    exit_code: int | None = Field(None, ge=INT32[0], le=INT32[1])
+    reason: str | None = Field(
+        None, max_length=MAX_REASON_LENGTH,
+        description=f"Only its first {REASON_KEPT_LENGTH} characters are kept.")
+    kind: Literal["job", "node"] | None = Field(
+        "job", description="job: the command failed (charged to the job). node: this machine "
+        "could not run it (storage, disk, work directory): the job returns to pending "
+        "uncharged and the machine is banned from it. Absent or null: job.")
+
+
 # Component name → the model (or adapter) it is generated from.
 MODELS: dict[str, type[Body] | TypeAdapter] = {
     "SyncEntry": SyncEntry,
@@ -226,18 +261,24 @@ MODELS: dict[str, type[Body] | TypeAdapter] = {
     "ScalingRuleUpdate": ScalingRuleUpdate,
     "UserCreate": UserCreate,
     "TokenCreate": TokenCreate,
+    "WorkerReport": WorkerReport,
+    "CompletionReport": CompletionReport,
+    "FailureReport": FailureReport,
 }
 
 
 # --- What the validators read --------------------------------------------------------------
 
 def object_of(body, model: type[Body], *, absent_is_empty: bool = False) -> dict:
-    """`body` if it is a JSON object with only the model's fields; else the 400 naming the
-    first unknown field (sorted, so the same body always names the same one)."""
+    """`body` if it is a JSON object with only the model's fields (any fields, for a model that
+    allows extra ones); else the 400 naming the first unknown field (sorted, so the same body
+    always names the same one)."""
     if body is None and absent_is_empty:
         return {}
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
+    if model.model_config.get("extra") != "forbid":
+        return body
     unknown = set(body) - model.model_fields.keys()
     if unknown:
         raise ValidationError(sorted(unknown)[0], "is not a known field")
@@ -288,8 +329,12 @@ def default(model: type[Body], name: str):
 
 
 def choices(model: type[Body], name: str) -> tuple:
-    """The values a `Literal` field allows."""
-    return get_args(model.model_fields[name].annotation)
+    """The values a `Literal` field allows (null aside, for `Literal[...] | None`)."""
+    annotation = model.model_fields[name].annotation
+    if get_origin(annotation) in (Union, UnionType):
+        return tuple(value for argument in get_args(annotation)
+                     if get_origin(argument) is Literal for value in get_args(argument))
+    return get_args(annotation)
 
 
 # --- OpenAPI 3.0 -----------------------------------------------------------------------------
@@ -299,13 +344,16 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 
 def _openapi_30(schema):
     """pydantic writes JSON Schema 2020-12; the document is OpenAPI 3.0.3, which has `nullable`
-    instead of a null type and ignores the siblings of a `$ref`. Titles are dropped: every
+    instead of a null type, no `const` (an enum of one), and ignores the siblings of a `$ref`;
+    a nullable enum lists null among its values, as 3.0.3 asks. Titles are dropped: every
     schema is already named by its component or property."""
     if isinstance(schema, list):
         return [_openapi_30(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     schema = {key: _openapi_30(value) for key, value in schema.items() if key != "title"}
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
     variants = schema.get("anyOf")
     if variants and {"type": "null"} in variants:
         others = [variant for variant in variants if variant != {"type": "null"}]
@@ -317,6 +365,8 @@ def _openapi_30(schema):
             schema = {**other, **schema, "nullable": True}
     if schema.get("default", ...) is None and not schema.get("nullable"):
         schema.pop("default")
+    if schema.get("nullable") and None not in schema.get("enum", [None]):
+        schema["enum"] = [*schema["enum"], None]
     return schema
 
 

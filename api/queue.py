@@ -256,8 +256,6 @@ MAX_RECLAIMS_PER_CLAIM = 20
 TOO_MANY_INTERRUPTIONS = "too many interruptions"
 TIMED_OUT = "timed out"
 
-FAILURE_KINDS = ("job", "node")
-
 
 def claim(principal: Principal, machine_id: str, container_group_id: str | None) -> Job | None:
     """Assign the next job to `machine_id`: the oldest running job whose lease ran out, else

@@ -3,7 +3,7 @@
 Registered with sanic-ext in `api.app`; routes refer to them with `ref("Name")`. The request
 bodies' schemas are generated from their pydantic models in `api.bodies`, the one place their
 fields, limits and defaults are declared (the validators read the same models); the response
-bodies and the worker protocol's reports are written here.
+bodies are written here.
 """
 
 from sanic_ext.extensions.openapi.definitions import Reference
@@ -108,12 +108,6 @@ COMPONENTS = {
                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}},
     },
     "WorkList": {"type": "array", "maxItems": 1, "items": {"$ref": "#/components/schemas/Job"}},
-    "WorkerReport": {
-        "type": "object",
-        "required": ["machine_id"],
-        "properties": {"machine_id": {"type": "string", "minLength": 1},
-                       "container_group_id": NULLABLE_STRING},
-    },
     "FleetMachines": {
         "type": "object",
         "required": ["machines"],
@@ -140,27 +134,6 @@ COMPONENTS = {
                        "in each of those hours.",
                        "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
         },
-    },
-    "CompletionReport": {
-        "type": "object",
-        "required": ["machine_id"],
-        "properties": {"machine_id": {"type": "string", "minLength": 1},
-                       "container_group_id": NULLABLE_STRING,
-                       "exit_code": {"type": "integer", "nullable": True, "enum": [0, None],
-                                     "description": "Optional; a completed job exited 0."}},
-    },
-    "FailureReport": {
-        "type": "object",
-        "required": ["machine_id"],
-        "properties": {"machine_id": {"type": "string", "minLength": 1},
-                       "container_group_id": NULLABLE_STRING,
-                       "exit_code": {"type": "integer", "nullable": True},
-                       "reason": NULLABLE_STRING,
-                       "kind": {"type": "string", "enum": ["job", "node"], "default": "job",
-                                "description": "job: the command failed (charged to the job). "
-                                "node: this machine could not run it (storage, disk, work "
-                                "directory): the job returns to pending uncharged and the "
-                                "machine is banned from it."}},
     },
     "ReportAnswer": {
         "type": "object", "required": ["message"],

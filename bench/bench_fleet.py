@@ -302,14 +302,32 @@ def _empty_polls(api, key, wrk) -> None:
                             "&container_group_id=fleet-empty", {{["X-Kelpie-Key"] = "{key}"}})
         end
     """)
+    _while_parked(api, wrk, script, "plain empty polls", "fleet: empty polls", connections=64,
+                  min_rps=6000, max_p99=100)
+
+
+def _heartbeats(api, key, wrk) -> None:
+    script = heartbeat_script(api, key, "fleet-heartbeats")  # no fleet agent waits on it
+    _while_parked(api, wrk, script, "heartbeats, fleet parked", "fleet: heartbeats",
+                  connections=32, min_rps=2000, max_p99=50)
+
+
+WRK_S = 10
+
+
+def _while_parked(api, wrk, script, what: str, target: str, *, connections: int, min_rps: int,
+                  max_p99: int) -> None:
+    """One wrk load (one thread, so the load generator leaves the API its cores) beside the
+    parked fleet: its rate and p99 against the target, and the CPU the API and wrk spent."""
     pids = _tree(api.process.pid)
     api_cpu, started = _cpu_seconds(pids), time.monotonic()
-    result = _wrk(wrk, api.url, script, connections=64, duration=10, threads=1)
+    result = _wrk(wrk, api.url, script, connections=connections, duration=WRK_S, threads=1)
     api_share = (_cpu_seconds(pids) - api_cpu) / (time.monotonic() - started)
-    met = result["rps"] >= 6000 and result["p99"] <= 100 and result["errors"] == 0
-    print(f"plain empty polls (64 conns, 10 s): {result['rps']:8.0f}/s  p50 {result['p50']:.1f} ms"
-          f"  p99 {result['p99']:.1f} ms  errors {result['errors']}  (target >= 6000/s, p99 <= 100"
-          f" ms)  {verdict('fleet: empty polls', met)}; API CPU {api_share * 100:.0f} %"
+    met = result["rps"] >= min_rps and result["p99"] <= max_p99 and result["errors"] == 0
+    label = f"{what} ({connections} conns, {WRK_S} s)"
+    print(f"{label}: {result['rps']:.0f}/s  p50 {result['p50']:.1f} ms"
+          f"  p99 {result['p99']:.1f} ms  errors {result['errors']}  (target >= {min_rps}/s, "
+          f"p99 <= {max_p99} ms)  {verdict(target, met)}; API CPU {api_share * 100:.0f} %"
           f"{_per_request(api_share, result['rps'])}, wrk CPU {result['wrk_cpu'] * 100:.0f} % of "
           f"one core")
 
@@ -318,20 +336,6 @@ def _per_request(api_share: float, rps: float) -> str:
     """API CPU per request, the parked fleet's share included: on a shared machine the rate
     moves with the neighbours' load, the CPU a request costs much less."""
     return f" (~{api_share / rps * 1e6:.0f} µs per request)" if rps else ""
-
-
-def _heartbeats(api, key, wrk) -> None:
-    script = heartbeat_script(api, key, "fleet-heartbeats")  # no fleet agent waits on it
-    pids = _tree(api.process.pid)
-    api_cpu, started = _cpu_seconds(pids), time.monotonic()
-    result = _wrk(wrk, api.url, script, connections=32, duration=10, threads=1)
-    api_share = (_cpu_seconds(pids) - api_cpu) / (time.monotonic() - started)
-    met = result["rps"] >= 2000 and result["p99"] <= 50 and result["errors"] == 0
-    print(f"heartbeats, fleet parked (32 conns): {result['rps']:7.0f}/s  p50 {result['p50']:.1f} "
-          f"ms  p99 {result['p99']:.1f} ms  errors {result['errors']}  (target >= 2000/s, "
-          f"p99 <= 50 ms)  {verdict('fleet: heartbeats', met)}; API CPU {api_share * 100:.0f} %"
-          f"{_per_request(api_share, result['rps'])}, wrk CPU {result['wrk_cpu'] * 100:.0f} %")
-
 
 if __name__ == "__main__":
     # `python -m bench.bench_fleet idle AGENTS WAIT [INTERVAL [SECONDS]]`: the parked cost alone.

@@ -31,10 +31,7 @@ async def job_webhooks(request: Request, job_id: str):
             responses={200: "WebhookSecret"}, errors=(401, 403, 404))
 @allow(*TENANT)
 async def get_webhook_secret(request: Request):
-    secret = await db.run(users.webhook_secret, request.ctx.principal.user_id)
-    if secret is None:
-        raise NotFound("user not found")
-    return json({"secret": secret})
+    return await _secret_answer(request, users.webhook_secret, status=200)
 
 
 @bp.post("/users/me/webhook-secret")
@@ -42,5 +39,13 @@ async def get_webhook_secret(request: Request):
             responses={201: "WebhookSecret"}, errors=(401, 403, 404))
 @allow(*TENANT)
 async def rotate_webhook_secret(request: Request):
-    secret = await db.run(users.rotate_webhook_secret, request.ctx.principal.user_id)
-    return json({"secret": secret}, status=201)
+    return await _secret_answer(request, users.rotate_webhook_secret, status=201)
+
+
+async def _secret_answer(request: Request, secret_of, *, status: int):
+    """The caller's secret as `secret_of(user_id)` reads or replaces it; 404 when the user is
+    gone (a credential that outlived its user, as GET /users/me answers it)."""
+    secret = await db.run(secret_of, request.ctx.principal.user_id)
+    if secret is None:
+        raise NotFound("user not found")
+    return json({"secret": secret}, status=status)

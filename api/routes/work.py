@@ -2,14 +2,16 @@
 
 import asyncio
 import math
+from typing import NamedTuple
 
 from sanic import Blueprint, Request
 from sanic.response import json
 from sanic_ext.extensions.openapi.definitions import Parameter
 from sanic_ext.extensions.openapi.types import Float, String
 
-from api import db, fields, keys, metrics, queue, reallocation, serialize, wakeups
+from api import bodies, db, fields, keys, metrics, queue, reallocation, serialize, wakeups
 from api.errors import Forbidden, ValidationError
+from api.principal import Principal
 from api.routes import documented, json_body
 from api.schemas import DEFAULTS
 from api.scopes import WORKER_PROTOCOL, allow
@@ -17,16 +19,30 @@ from api.scopes import WORKER_PROTOCOL, allow
 bp = Blueprint("work")
 
 
-def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[str, str | None]:
+# Names and limits come from the reports' models (api/bodies.py), as the document's do.
+MAX_MACHINE_ID = bodies.max_length(bodies.WorkerReport, "machine_id")
+MAX_GROUP_ID = bodies.max_length(bodies.WorkerReport, "container_group_id")
+COMPLETED_EXIT_CODES = bodies.choices(bodies.CompletionReport, "exit_code")
+EXIT_CODES = bodies.bounds(bodies.FailureReport, "exit_code")
+MAX_REASON = bodies.max_length(bodies.FailureReport, "reason")
+FAILURE_KINDS = bodies.choices(bodies.FailureReport, "kind")
+DEFAULT_KIND = bodies.default(bodies.FailureReport, "kind")
+# GET /work's query names the machine and group as the reports do: their schemas without the
+# body's null and default, which a query parameter cannot have.
+IDENTITY = {name: {key: value for key, value in schema.items()
+                   if key not in ("type", "nullable", "default")}
+            for name, schema in bodies.openapi_schema(bodies.WorkerReport)["properties"].items()}
+
+
+def worker_identity(principal: Principal, machine_id, container_group_id) -> tuple[str, str | None]:
     """Validate the machine and container group a worker speaks for.
 
     A caller authenticated by a worker token may only speak for the machine and container
     group the token names; a worker key only for the container groups it was issued for.
     """
-    machine_id = fields.text(machine_id, "machine_id", max_length=255)
+    machine_id = fields.text(machine_id, "machine_id", max_length=MAX_MACHINE_ID)
     container_group_id = fields.text(container_group_id, "container_group_id", required=False,
-                                     max_length=255) or None
-    principal = request.ctx.principal
+                                     max_length=MAX_GROUP_ID) or None
     if principal.machine_id is not None and principal.machine_id != machine_id:
         raise Forbidden("machine_id does not match the worker token")
     groups = principal.container_group_ids
@@ -36,13 +52,56 @@ def _worker_identity(request: Request, machine_id, container_group_id) -> tuple[
     return machine_id, container_group_id
 
 
-def _report(request: Request) -> dict:
-    body = json_body(request)
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise ValidationError("body", "must be a JSON object")
-    return body
+def _read_report(body, model: type[bodies.WorkerReport], principal: Principal) -> tuple[dict, str]:
+    """A report's body (absent: empty) and the machine it speaks for, checked against the
+    caller's credential before the report's own fields are."""
+    body = bodies.object_of(body, model, absent_is_empty=True)
+    machine_id, _ = worker_identity(principal, body.get("machine_id"),
+                                    body.get("container_group_id"))
+    return body, machine_id
+
+
+def parse_heartbeat(body, principal: Principal) -> str:
+    """The machine a heartbeat speaks for."""
+    return _read_report(body, bodies.WorkerReport, principal)[1]
+
+
+def parse_completion(body, principal: Principal) -> str:
+    """The machine a completion report speaks for."""
+    body, machine_id = _read_report(body, bodies.CompletionReport, principal)
+    # A worker reports completion only after its command exited 0 (the original sends no
+    # exit_code at all); one that says otherwise is contradicting itself.
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (isinstance(exit_code, bool)
+                                  or exit_code not in COMPLETED_EXIT_CODES):
+        raise ValidationError("exit_code", f"must be {COMPLETED_EXIT_CODES[0]} for a completed "
+                              "job (report a failure with POST /jobs/:id/failed)")
+    return machine_id
+
+
+class Failure(NamedTuple):
+    machine_id: str
+    exit_code: int | None
+    reason: str | None
+    kind: str
+
+
+def parse_failure(body, principal: Principal) -> Failure:
+    """A failure report's fields as `queue.fail` takes them: the kind defaulted, the reason cut
+    to what is kept."""
+    body, machine_id = _read_report(body, bodies.FailureReport, principal)
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
+                                  or not EXIT_CODES[0] <= exit_code <= EXIT_CODES[1]):
+        raise ValidationError("exit_code", "must be an integer")
+    reason = fields.text(body.get("reason"), "reason", required=False, max_length=MAX_REASON)
+    kind = body.get("kind")
+    if kind is None:
+        kind = DEFAULT_KIND
+    if kind not in FAILURE_KINDS:
+        raise ValidationError("kind", f"must be one of {', '.join(FAILURE_KINDS)}")
+    return Failure(machine_id, exit_code, (reason or None) and reason[:bodies.REASON_KEPT_LENGTH],
+                   kind)
 
 
 def _wait_seconds(request: Request) -> float:
@@ -105,8 +164,11 @@ async def _claim(request: Request, machine_id: str, container_group_id, key: str
             "request is held until a job for the caller's container group can be claimed or "
             "the wait ends (then []).",
             responses={200: "WorkList"}, parameters=[
-                Parameter("machine_id", String(), "query", required=True),
-                Parameter("container_group_id", String(), "query"),
+                # The same limits as the reports' fields of the same names.
+                Parameter("machine_id", String(**IDENTITY["machine_id"]), "query",
+                          required=True),
+                Parameter("container_group_id", String(**IDENTITY["container_group_id"]),
+                          "query"),
                 Parameter("wait", Float(minimum=0, maximum=DEFAULTS.max_poll_wait_s, default=0),
                           "query", description="Seconds to hold the request while there is no "
                           "job (long poll). Larger values are served as the server's limit, "
@@ -114,8 +176,9 @@ async def _claim(request: Request, machine_id: str, container_group_id, key: str
             ])
 @allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def get_work(request: Request):
-    machine_id, container_group_id = _worker_identity(
-        request, request.args.get("machine_id"), request.args.get("container_group_id"))
+    machine_id, container_group_id = worker_identity(
+        request.ctx.principal, request.args.get("machine_id"),
+        request.args.get("container_group_id"))
     wait = _wait_seconds(request)
     # A machine banned from too many jobs gets no more: it is being moved elsewhere.
     if await reallocation.on_work_request(request.app, request.ctx.principal, machine_id,
@@ -159,9 +222,7 @@ async def get_work(request: Request):
             errors=(400, 401, 403, 404))
 @allow(*WORKER_PROTOCOL, key_checked_by_statement=True)
 async def heartbeat(request: Request, job_id):
-    body = _report(request)
-    machine_id, _ = _worker_identity(request, body.get("machine_id"),
-                                     body.get("container_group_id"))
+    machine_id = parse_heartbeat(json_body(request), request.ctx.principal)
     status = await db.run_protocol(queue.heartbeat, request.ctx.principal, str(job_id), machine_id)
     if status == queue.RUNNING:
         metrics.HEARTBEATS.inc()
@@ -176,15 +237,7 @@ async def heartbeat(request: Request, job_id):
             errors=(400, 401, 403, 404))
 @allow(*WORKER_PROTOCOL)
 async def completed(request: Request, job_id):
-    body = _report(request)
-    machine_id, _ = _worker_identity(request, body.get("machine_id"),
-                                     body.get("container_group_id"))
-    # A worker reports completion only after its command exited 0 (the original sends no
-    # exit_code at all); one that says otherwise is contradicting itself.
-    exit_code = body.get("exit_code")
-    if exit_code is not None and (exit_code != 0 or isinstance(exit_code, bool)):
-        raise ValidationError("exit_code", "must be 0 for a completed job (report a failure "
-                              "with POST /jobs/:id/failed)")
+    machine_id = parse_completion(json_body(request), request.ctx.principal)
     job, recorded = await db.run_protocol(queue.complete, request.ctx.principal, str(job_id), machine_id)
     return json(_answer(job, recorded, "Job completed"))
 
@@ -197,25 +250,13 @@ async def completed(request: Request, job_id):
             body="FailureReport", responses={202: "ReportAnswer"}, errors=(400, 401, 403, 404))
 @allow(*WORKER_PROTOCOL)
 async def failed(request: Request, job_id):
-    body = _report(request)
-    machine_id, _ = _worker_identity(request, body.get("machine_id"),
-                                     body.get("container_group_id"))
-    exit_code = body.get("exit_code")
-    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)
-                                  or not -(2**31) <= exit_code < 2**31):
-        raise ValidationError("exit_code", "must be an integer")
-    reason = body.get("reason")
-    reason = fields.text(reason, "reason", required=False, max_length=100_000)
-    kind = body.get("kind")
-    if kind is None:
-        kind = "job"
-    if kind not in queue.FAILURE_KINDS:
-        raise ValidationError("kind", f"must be one of {', '.join(queue.FAILURE_KINDS)}")
+    report = parse_failure(json_body(request), request.ctx.principal)
+    machine_id = report.machine_id
     job, recorded = await db.run_protocol(queue.fail, request.ctx.principal, str(job_id), machine_id,
-                                 exit_code=exit_code, reason=(reason or None) and reason[:2000],
-                                 kind=kind)
+                                          exit_code=report.exit_code, reason=report.reason,
+                                          kind=report.kind)
     if recorded:
-        (metrics.NODE_FAILURES if kind == "node" else metrics.FAILURES).inc()
+        (metrics.NODE_FAILURES if report.kind == "node" else metrics.FAILURES).inc()
         reallocation.banned(request.ctx.principal, machine_id, job.container_group_id)
     return json(_answer(job, recorded, "Job failure recorded"), status=202)
 

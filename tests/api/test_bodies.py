@@ -20,9 +20,10 @@ import pytest
 
 from api import bodies
 from api.config import Settings
-from api.errors import ValidationError
+from api.errors import Forbidden, ValidationError
 from api.jobspec import parse_job
-from api.routes import scaling_rules, users
+from api.principal import WORKER, Principal
+from api.routes import scaling_rules, users, work
 from tests.api.jobdefs import legacy_job, sync_job
 from tests.support.api_process import ApiProcess
 
@@ -37,6 +38,9 @@ ROUTE_BODIES = {
     ("/scaling-rules/{container_group_id}", "patch"): "ScalingRuleUpdate",
     ("/users", "post"): "UserCreate",
     ("/users/{user_id}/token", "post"): "TokenCreate",
+    ("/jobs/{job_id}/heartbeat", "post"): "WorkerReport",
+    ("/jobs/{job_id}/completed", "post"): "CompletionReport",
+    ("/jobs/{job_id}/failed", "post"): "FailureReport",
 }
 
 
@@ -65,6 +69,23 @@ def test_the_document_states_each_body_as_its_model_does(document):
     assert set(ROUTE_BODIES.values()) <= set(bodies.MODELS)
 
 
+def test_the_work_query_states_the_reports_identity_limits(document):
+    """GET /work validates machine_id and container_group_id as the reports do; its parameters
+    say so with the reports' own limits."""
+    parameters = {parameter["name"]: parameter["schema"]
+                  for parameter in document["paths"]["/work"]["get"]["parameters"]}
+    report = COMPONENTS["WorkerReport"]["properties"]
+    for name in ("machine_id", "container_group_id"):
+        assert parameters[name] == {key: value for key, value in report[name].items()
+                                    if key not in ("nullable", "default")}, name
+        longest = "x" * parameters[name]["maxLength"]
+        identity = {"machine_id": "m", "container_group_id": None}
+        work.worker_identity(ANY_WORKER, **{**identity, name: longest})
+        with pytest.raises(ValidationError) as refused:
+            work.worker_identity(ANY_WORKER, **{**identity, name: longest + "x"})
+        assert refused.value.field == name
+
+
 def test_the_document_is_openapi_3_0():
     """No JSON Schema 2020-12 forms the 3.0 document may not hold (pydantic's null type)."""
     text = json.dumps(COMPONENTS)
@@ -83,6 +104,16 @@ def test_the_validators_read_the_models():
     assert bodies.default(bodies.JobRequest, "max_failures") == SETTINGS.default_max_failures
     assert bodies.default(bodies.JobRequest, "heartbeat_interval") == \
         SETTINGS.default_heartbeat_interval
+
+
+def test_a_report_is_checked_against_the_credential_before_its_own_fields():
+    """A worker token speaking for another machine is refused (403) even when the report's own
+    fields are bad too, as before the reports had models."""
+    bound = Principal("u", scope=WORKER, machine_id="m2", container_group_ids=("g",))
+    for parse in (work.parse_heartbeat, work.parse_completion, work.parse_failure):
+        with pytest.raises(Forbidden):
+            parse({"machine_id": "m1", "container_group_id": "g", "exit_code": "bad",
+                   "kind": "bad"}, bound)
 
 
 # --- Every stated rule is enforced; every enforced limit is stated ----------------------------
@@ -105,6 +136,9 @@ def _sync_in_job(sync):
     parse_job(sync_job(sync=sync), SETTINGS)
 
 
+# A worker credential bound to no machine and no group: the reports' fields alone decide.
+ANY_WORKER = Principal("u", scope=WORKER)
+
 BODIES = {
     "JobRequest": (_job, sync_job, ""),
     "SyncEntry": (_entry_in_job, _entry, "sync.before[0]."),
@@ -116,6 +150,12 @@ BODIES = {
     "UserCreate": (users.parse_user, lambda: {"name": "someone"}, ""),
     "TokenCreate": (users.key_options,
                     lambda: {"scope": "worker", "container_group_ids": ["g"]}, ""),
+    "WorkerReport": (lambda body: work.parse_heartbeat(body, ANY_WORKER),
+                     lambda: {"machine_id": "m"}, ""),
+    "CompletionReport": (lambda body: work.parse_completion(body, ANY_WORKER),
+                         lambda: {"machine_id": "m"}, ""),
+    "FailureReport": (lambda body: work.parse_failure(body, ANY_WORKER),
+                      lambda: {"machine_id": "m"}, ""),
 }
 assert set(BODIES) | {"JobBatchRequest"} == set(bodies.MODELS)
 

@@ -250,3 +250,38 @@ def test_a_batch_is_claimed_in_the_order_it_was_given(api, user_key):
     assert status == 202
     claimed = [claim(api, user_key, f"m{i}", "fifo")["id"] for i in range(20)]
     assert claimed == [job["id"] for job in jobs]
+
+
+def test_reports_answer_as_they_always_have(api, user_key):
+    """The reports' models (api/bodies.py) changed where their limits are written, not what a
+    worker is told: the same statuses and words, an absent body as an empty one, unknown
+    fields ignored, and a failure's reason kept to its first 2000 characters."""
+    job = submit(api, user_key, container_group_id="words")
+    claim(api, user_key, "m1", "words")
+    path = f"/jobs/{job['id']}"
+
+    def bad_request(field, message):
+        return 400, {"error": "bad_request", "message": f"{field}: {message}",
+                     "field": field}
+
+    assert api.request("POST", path + "/heartbeat", None, key=user_key) == \
+        bad_request("machine_id", "is required")
+    assert api.request("POST", path + "/heartbeat", "m1", key=user_key) == \
+        bad_request("body", "must be a JSON object")
+    assert api.request("POST", path + "/heartbeat", {"machine_id": "m1", "uptime": 5},
+                       key=user_key) == (200, {"status": "running"})
+    assert report(api, user_key, job["id"], "completed", "m1", "words", exit_code=1) == \
+        bad_request("exit_code", "must be 0 for a completed job (report a failure with "
+                    "POST /jobs/:id/failed)")
+    assert report(api, user_key, job["id"], "failed", "m1", "words", kind="disk") == \
+        bad_request("kind", "must be one of job, node")
+    assert report(api, user_key, job["id"], "failed", "m1", "words", exit_code=2**31) == \
+        bad_request("exit_code", "must be an integer")
+    assert report(api, user_key, job["id"], "failed", "m1", "words",
+                  reason="r" * 100_001) == bad_request("reason", "must be at most 100000 characters")
+    status, answer = report(api, user_key, job["id"], "failed", "m1", "words", kind=None,
+                            exit_code=-(2**31), reason="r" * 100_000, extra="ignored")
+    assert status == 202 and answer["recorded"]
+    _, events = api.request("GET", f"/jobs/{job['id']}/events", key=user_key)
+    [failure] = [e for e in events["events"] if e["kind"] == "attempt_failed"]
+    assert failure["exit_code"] == -(2**31) and failure["reason"] == "r" * 2000
