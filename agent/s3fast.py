@@ -10,11 +10,11 @@ markers) stays on botocore. On a plain-http endpoint a GET skips urllib3 too (Le
 """
 
 import collections
-import datetime
 import hashlib
 import hmac
 import socket
 import struct
+import time
 import xml.etree.ElementTree as ElementTree
 from urllib.parse import quote, unquote_plus, urlparse
 
@@ -226,6 +226,7 @@ class FastS3:
         # request the manager's URL parsing and pool lookup.
         self.pool = self.http.connection_from_url(self.origin)
         self._key_cache: tuple[str, str, bytes] | None = None
+        self._date_cache: tuple[int, str] = (-1, "")
         # GETs of a plain-http endpoint take the lean path (LeanResponse); TLS stays on urllib3.
         self.lean_get = parsed.scheme == "http"
         self._address = (parsed.hostname, parsed.port or 80)
@@ -245,12 +246,20 @@ class FastS3:
         self._key_cache = (secret, day, key)
         return key
 
+    def _amz_date(self) -> str:
+        """The current second as SigV4 writes it, formatted once per second, not per request."""
+        second = int(time.time())
+        cached = self._date_cache
+        if cached[0] != second:
+            cached = self._date_cache = (second, time.strftime("%Y%m%dT%H%M%SZ",
+                                                               time.gmtime(second)))
+        return cached[1]
+
     def _signed(self, method: str, bucket: str, key: str, payload_sha256: str,
                 extra_headers: dict | None = None,
                 query: dict[str, str] | None = None) -> tuple[str, dict]:
         creds = self.credentials.get_frozen_credentials()
-        now = datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = self._amz_date()
         day = amz_date[:8]
         path = f"{self.base_path}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
         query_string = "&".join(
@@ -268,8 +277,8 @@ class FastS3:
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
                              hashlib.sha256(canonical.encode()).hexdigest()])
-        signature = hmac.new(self._signing_key(creds.secret_key, day), to_sign.encode(),
-                             hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(creds.secret_key, day), to_sign.encode(),
+                                "sha256").hex()  # digest(): OpenSSL's one-shot HMAC, no object
         headers = {name: value for name, value in signed.items() if name != "host"}
         headers["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
