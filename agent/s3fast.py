@@ -292,8 +292,9 @@ class FastS3:
             if_match: str | None = None):
         """Streaming GET, of the whole object or of bytes [first, last], optionally only if
         the object still has ETag `if_match` (else S3RequestError with status 412); returns
-        the urllib3 response (content NOT decoded: a gzip-encoded object comes back as its
-        gzip bytes). The caller reads it and calls release_conn()."""
+        the response, a LeanResponse or on TLS urllib3's, both with status, headers.get(),
+        read([amt]) and release_conn() (content NOT decoded: a gzip-encoded object comes back
+        as its gzip bytes). The caller reads it and calls release_conn()."""
         extra = {}
         if byte_range:
             extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
