@@ -11,7 +11,9 @@ from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from agent import blame
+from agent.paths import SyncRule
 from agent.s3fast import FastS3, S3RequestError
+from agent.storage import ObjectChanged, Storage
 from tests.support.net import free_port
 
 HANG = object()  # a scripted reply: say nothing until the test ends
@@ -215,3 +217,54 @@ def test_tls_endpoints_stay_on_urllib3():
     fast = FastS3("https://s3.example.invalid", "us-east-1", Credentials("AK", "SK"),
                   pool_size=1)
     assert not fast.lean_get
+
+
+@pytest.fixture
+def storage_on(make_config, monkeypatch):
+    """storage_on(store) -> a Storage whose endpoint is that scripted store."""
+    made = []
+
+    def build(store):
+        for name, value in {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK",
+                            "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            monkeypatch.setenv(name, value)  # botocore's credential chain reads os.environ
+        made.append(Storage(make_config(AWS_ENDPOINT_URL_S3=store.url, MAX_RETRIES=1)))
+        assert made[-1].fast is not None and made[-1].fast.lean_get
+        return made[-1]
+
+    yield build
+    for storage in made:
+        storage.close()
+
+
+def test_a_short_body_leaves_no_file_behind(storage_on, tmp_path):
+    store = ScriptedStore((answer(200, b"0123456789", {"ETag": '"e"'})[:-4], True))
+    try:
+        storage = storage_on(store)
+        target = tmp_path / "down"
+        target.mkdir()
+        with pytest.raises(ProtocolError):
+            storage._get_to_file(SyncRule("bkt", "p/", target), "p/f.bin",
+                                 str(target / "f.bin"), False, '"e"')
+        assert list(target.iterdir()) == []
+    finally:
+        store.close()
+
+
+def test_another_version_in_the_answer_or_a_412_is_object_changed(storage_on, tmp_path):
+    """If-Match pinning holds on the lean path: a store that ignores If-Match and answers
+    another ETag, or one that refuses it (412), restarts the file; neither leaves a file."""
+    store = ScriptedStore((answer(200, b"new", {"ETag": '"other"'}), False),
+                          (answer(412, b"<Error>PreconditionFailed</Error>"), False))
+    try:
+        storage = storage_on(store)
+        target = tmp_path / "down"
+        target.mkdir()
+        for _ in range(2):
+            with pytest.raises(ObjectChanged):
+                storage._get_to_file(SyncRule("bkt", "p/", target), "p/f.bin",
+                                     str(target / "f.bin"), False, '"e"')
+        assert list(target.iterdir()) == []
+        assert 'If-Match: "e"' in store.requests[0].decode()
+    finally:
+        store.close()
