@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import botocore.session
 from botocore.config import Config as BotoConfig
@@ -239,6 +240,104 @@ def _fast_client(config: Config, session) -> FastS3 | None:
                   pool_size=config.transfer_concurrency + 4, ca_bundle=config.s3_ca_bundle)
 
 
+class _Answer(NamedTuple):
+    """A GET's answer as Storage uses it, whichever client fetched it."""
+
+    etag: str | None
+    encoding: str
+    length: int | None
+    read: Callable
+    done: Callable
+
+
+def _read_whole(f, before: os.stat_result) -> bytes:
+    """The whole file, if it is still the version `before` describes (else FileChanged)."""
+    data = f.read()
+    if len(data) != before.st_size or not _unchanged(f.fileno(), before):
+        raise FileChanged(f.name)
+    return data
+
+
+class _BotocoreWire:
+    """The requests that move objects and list them, all through botocore: any endpoint, TLS,
+    AWS itself. Storage picks this or _LeanWire once, at start; nothing after branches."""
+
+    def __init__(self, client, call: Callable):
+        self.client = client
+        self._call = call
+
+    def list_page(self, bucket: str, prefix: str, max_keys: int,
+                  token: str | None) -> tuple[list[dict], str | None]:
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = self._call(self.client.list_objects_v2, **kwargs)
+        token = page.get("NextContinuationToken")
+        return page.get("Contents", []), (token if page.get("IsTruncated") and token else None)
+
+    def get(self, bucket: str, key: str, etag: str | None,
+            byte_range: tuple[int, int] | None) -> _Answer:
+        extra = {"IfMatch": etag} if etag else {}
+        if byte_range:
+            extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        answer = self.client.get_object(Bucket=bucket, Key=key, **extra)
+        length = answer.get("ContentLength")
+        return _Answer(answer.get("ETag"), answer.get("ContentEncoding", ""),
+                       int(length) if length is not None else None,
+                       answer["Body"].read, answer["Body"].close)
+
+    def put_small(self, bucket: str, key: str, f, before: os.stat_result,
+                  compress: bool) -> None:
+        """One PUT of a file below the multipart threshold; the bytes sent are one version of
+        it: streamed through StableReader, or (compressed, which bounds nothing less) read
+        into memory and checked."""
+        if not compress:
+            self.client.put_object(Bucket=bucket, Key=key, Body=StableReader(f, before),
+                                   ContentLength=before.st_size)
+            return
+        data = gzip.compress(_read_whole(f, before), compresslevel=6, mtime=0)
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentEncoding="gzip")
+
+
+class _LeanWire(_BotocoreWire):
+    """Small objects and listings as lean signed requests (agent/s3fast.py, a tenth of
+    botocore's CPU per request); large PUTs, and any listing the lean client could not read,
+    through botocore."""
+
+    def __init__(self, client, call: Callable, fast: FastS3):
+        super().__init__(client, call)
+        self.fast = fast
+
+    def list_page(self, bucket: str, prefix: str, max_keys: int,
+                  token: str | None) -> tuple[list[dict], str | None]:
+        try:
+            return self.fast.list_page(bucket, prefix, max_keys, token)
+        except (S3RequestError, ElementTree.ParseError):
+            # Asked again through botocore, so the error raised is a ClientError naming the
+            # S3 error code agent.blame judges (AccessDenied on a bucket is the job's
+            # problem, a refused signature the node's).
+            return super().list_page(bucket, prefix, max_keys, token)
+
+    def get(self, bucket: str, key: str, etag: str | None,
+            byte_range: tuple[int, int] | None) -> _Answer:
+        response = self.fast.get(bucket, key, byte_range, if_match=etag)
+        length = response.headers.get("Content-Length")
+        return _Answer(response.headers.get("ETag"),
+                       response.headers.get("Content-Encoding", ""),
+                       int(length) if length is not None else None,
+                       response.read, response.release_conn)
+
+    def put_small(self, bucket: str, key: str, f, before: os.stat_result,
+                  compress: bool) -> None:
+        if before.st_size > FAST_PUT_MAX_BYTES:
+            super().put_small(bucket, key, f, before, compress)
+            return
+        data = _read_whole(f, before)
+        if compress:
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        self.fast.put(bucket, key, data, "gzip" if compress else None)
+
+
 class GzipReader:
     """A read()-only file object: the gzip stream of a file, compressed as it is read."""
 
@@ -298,7 +397,9 @@ class _Progress:
 class Storage:
     """Small files (below the multipart threshold) go through a plain thread pool, one request
     each. Large files go up as a parallel multipart upload and come down as parallel ranged
-    GETs written in place."""
+    GETs written in place. Listings, GETs and small PUTs go through `self.wire`, picked once
+    here: lean signed requests where the endpoint allows them (_LeanWire), else botocore
+    (_BotocoreWire); multipart calls, HEADs, markers and deletes are botocore's."""
 
     def __init__(self, config: Config, listener: TransferListener | None = None):
         self.config = config
@@ -307,6 +408,8 @@ class Storage:
         # Whether this node has storage settings at all, so a check of them means something.
         self.configured = bool(config.s3_endpoint_url or session.get_credentials())
         self.fast = _fast_client(config, session)
+        self.wire = (_BotocoreWire(self.client, self._call) if self.fast is None
+                     else _LeanWire(self.client, self._call, self.fast))
         self.listener = listener or TransferListener()
         self.threshold = config.multipart_threshold
         self.pool = ThreadPoolExecutor(config.transfer_concurrency,
@@ -341,29 +444,11 @@ class Storage:
         docs/agent.md, "Where the time goes")."""
         max_keys, token = FIRST_PAGE_KEYS, None
         while True:
-            objects, token = self._list_page(bucket, prefix, max_keys, token)
+            objects, token = self.wire.list_page(bucket, prefix, max_keys, token)
             yield from objects
             if not token:
                 return
             max_keys = LIST_PAGE_KEYS
-
-    def _list_page(self, bucket: str, prefix: str, max_keys: int,
-                   token: str | None) -> tuple[list[dict], str | None]:
-        """One page: through the lean client where there is one (a tenth of botocore's CPU),
-        else, or if the lean answer is an error, through botocore, whose ClientError names
-        the S3 error code that agent.blame judges (AccessDenied on a bucket is the job's
-        problem, a refused signature the node's)."""
-        if self.fast is not None:
-            try:
-                return self.fast.list_page(bucket, prefix, max_keys, token)
-            except (S3RequestError, ElementTree.ParseError):
-                pass  # asked again below, so the error raised is botocore's
-        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = self._call(self.client.list_objects_v2, **kwargs)
-        token = page.get("NextContinuationToken")
-        return page.get("Contents", []), (token if page.get("IsTruncated") and token else None)
 
     def delete(self, rule: SyncRule, rel: str) -> None:
         key = rule.key_for(rel)
@@ -589,29 +674,15 @@ class Storage:
         None). Raises ObjectChanged if the object no longer has that ETag (a 412, or, from a
         store that ignores If-Match, a different ETag in the answer)."""
         try:
-            if self.fast is not None:
-                response = self.fast.get(bucket, key, byte_range, if_match=etag)
-                answer_etag = response.headers.get("ETag")
-                encoding = response.headers.get("Content-Encoding", "")
-                length = response.headers.get("Content-Length")
-                read, done = response.read, response.release_conn
-            else:
-                extra = {"IfMatch": etag} if etag else {}
-                if byte_range:
-                    extra["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
-                answer = self.client.get_object(Bucket=bucket, Key=key, **extra)
-                answer_etag = answer.get("ETag")
-                encoding = answer.get("ContentEncoding", "")
-                length = answer.get("ContentLength")
-                read, done = answer["Body"].read, answer["Body"].close
+            answer = self.wire.get(bucket, key, etag, byte_range)
         except Exception as error:
             if _precondition_failed(error):
                 raise ObjectChanged(key) from error
             raise
-        if etag and answer_etag and answer_etag.strip('"') != etag.strip('"'):
-            done()
+        if etag and answer.etag and answer.etag.strip('"') != etag.strip('"'):
+            answer.done()
             raise ObjectChanged(key)
-        return read, done, encoding, (int(length) if length is not None else None)
+        return answer.read, answer.done, answer.encoding, answer.length
 
     def _get_to_file(self, rule: SyncRule, key: str, path: str, maybe_compressed: bool,
                      etag: str | None = None, cancel: threading.Event | None = None,
@@ -868,26 +939,8 @@ class Storage:
             self._put_small_now(rule, key, f, before)
 
     def _put_small_now(self, rule: SyncRule, key: str, f, before: os.stat_result) -> None:
-        encoding = "gzip" if rule.compression else None
-        if self.fast is not None and before.st_size <= FAST_PUT_MAX_BYTES:
-            data = f.read()
-            if len(data) != before.st_size or not _unchanged(f.fileno(), before):
-                raise FileChanged(f.name)
-            if rule.compression:
-                data = gzip.compress(data, compresslevel=6, mtime=0)
-            self.fast.put(rule.bucket, key, data, encoding)
-        elif not rule.compression:
-            self.client.put_object(Bucket=rule.bucket, Key=key,
-                                   Body=StableReader(f, before),
-                                   ContentLength=before.st_size)
-        else:
-            # Below the multipart threshold, so compressing in memory is bounded.
-            raw = f.read()
-            if len(raw) != before.st_size or not _unchanged(f.fileno(), before):
-                raise FileChanged(f.name)
-            data = gzip.compress(raw, compresslevel=6, mtime=0)
-            self.client.put_object(Bucket=rule.bucket, Key=key, Body=data,
-                                   ContentEncoding="gzip")
+        """The PUT itself, once the first-write gate has let it through."""
+        self.wire.put_small(rule.bucket, key, f, before, rule.compression)
 
     def _put_multipart(self, rule: SyncRule, key: str, f, before: os.stat_result) -> None:
         """Multipart upload with parts in parallel. Parts are read in order by this thread

@@ -331,7 +331,7 @@ def test_listing_failure_stops_downloads_already_started(storage, bucket, tmp_pa
     monkeypatch.setattr(storage_module, "FIRST_PAGE_KEYS", 3)
     for i in range(6):
         storage.client.put_object(Bucket=bucket, Key=f"lf/f-{i}.bin", Body=os.urandom(1000))
-    real_list_page, real_get = storage._list_page, storage._get_to_file
+    real_list_page, real_get = storage.wire.list_page, storage._get_to_file
     first_page_started = threading.Event()
     running, ended = [], []
 
@@ -350,7 +350,7 @@ def test_listing_failure_stops_downloads_already_started(storage, bucket, tmp_pa
         finally:
             ended.append(args[1])
 
-    monkeypatch.setattr(storage, "_list_page", list_page)
+    monkeypatch.setattr(storage.wire, "list_page", list_page)
     monkeypatch.setattr(storage, "_get_to_file", get_to_file)
     with pytest.raises(ConnectionError):
         storage.download_rule(SyncRule(bucket, "lf/", tmp_path / "down"))
