@@ -214,27 +214,24 @@ def _known_empty_polls(api, key, path, count):
         assert api.request("GET", path, key=key) == (200, [])
 
 
-def test_an_expired_key_is_refused_by_the_empty_cache_within_the_recheck_bound(
-        fresh_database, tmp_path):
+def test_an_expired_key_is_refused_by_the_empty_cache_within_the_recheck_bound(own_api):
     """Nothing announces an expiry: the empty cache's answer re-reads the key once it was last
     seen valid KELPIE_KEY_RECHECK_S ago, so an expired key gets [] that long at most."""
-    recheck = 1.0
-    with ApiProcess(fresh_database, env={"KELPIE_KEY_RECHECK_S": str(recheck)},
-                    log_path=tmp_path / "api.log") as api:
-        user_id = api.request("GET", "/users/me", key=api.create_user("expiring"))[1]["id"]
-        status, issued = api.request("POST", f"/users/{user_id}/token", {"expires_in_s": 2})
-        assert status == 201, issued
-        issued_by = time.monotonic()
-        key = issued["token"]
-        path = "/work?machine_id=m1&container_group_id=" + group()
-        hits = empty_cache_hits(api)
-        _known_empty_polls(api, key, path, 3)
-        assert empty_cache_hits(api) > hits  # the path under test answered
-        wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=10,
-                   message="an expired key was never refused")
-        # Expired at issued_by + 2 s at the latest; refused at most `recheck` later (plus
-        # one poll's time on a busy machine).
-        assert time.monotonic() - issued_by <= 2 + recheck + 0.75
+    api = own_api
+    user_id = api.request("GET", "/users/me", key=api.create_user("expiring"))[1]["id"]
+    status, issued = api.request("POST", f"/users/{user_id}/token", {"expires_in_s": 2})
+    assert status == 201, issued
+    issued_by = time.monotonic()
+    key = issued["token"]
+    path = "/work?machine_id=m1&container_group_id=" + group()
+    hits = empty_cache_hits(api)
+    _known_empty_polls(api, key, path, 3)
+    assert empty_cache_hits(api) > hits  # the path under test answered
+    wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=10,
+               message="an expired key was never refused")
+    # Expired at issued_by + 2 s at the latest; refused at most the recheck bound later (plus
+    # one poll's time on a busy machine).
+    assert time.monotonic() - issued_by <= 2 + OWN_RECHECK_S + 0.75
 
 
 @pytest.fixture(scope="module")
@@ -272,23 +269,30 @@ def test_postgres_a_revocation_reaches_every_process_at_once(pg_two_workers):
 
 # --- limits and processes of their own ---------------------------------------------------------
 
-@pytest.fixture
-def fresh_database(database_url, tmp_path):
+OWN_RECHECK_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def own_api(database_url, api_server, tmp_path_factory):
+    """An API on a database of its own (the module's dialect) with settings the shared one must
+    not have: waits capped at 1 s, and a key recheck bound the test states itself."""
     url, cleanup = make_database_url("postgresql" if database_url.startswith("postgres")
-                                     else "sqlite", tmp_path)
-    yield url
+                                     else "sqlite", tmp_path_factory.mktemp("own"))
+    server = api_server(url, env={"KELPIE_MAX_POLL_WAIT_S": "1",
+                                  "KELPIE_KEY_RECHECK_S": str(OWN_RECHECK_S)})
+    yield server
+    server.stop()  # before its database goes
     cleanup()
 
 
-def test_the_wait_is_capped(fresh_database, tmp_path):
-    with ApiProcess(fresh_database, env={"KELPIE_MAX_POLL_WAIT_S": "1"},
-                    log_path=tmp_path / "api.log") as api:
-        key = api.create_user("capped")
-        started = time.monotonic()
-        status, work = api.request("GET", "/work?machine_id=m1&container_group_id=g&wait=600",
-                                   key=key)
-        # Answered by the server's cap, long before the client's own 30 s timeout.
-        assert (status, work) == (200, []) and time.monotonic() - started < 25
+def test_the_wait_is_capped(own_api):
+    api = own_api
+    key = api.create_user("capped")
+    started = time.monotonic()
+    status, work = api.request("GET", "/work?machine_id=m1&container_group_id=g&wait=600",
+                               key=key)
+    # Answered by the server's cap, long before the client's own 30 s timeout.
+    assert (status, work) == (200, []) and time.monotonic() - started < 25
 
 
 @pytest.fixture
