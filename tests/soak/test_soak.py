@@ -25,7 +25,7 @@ two minutes; its window is the shortest that still draws every fault the one-min
   KELPIE_SOAK_AGENTS     good agents, spread over the three tenants (6)
   KELPIE_SOAK_WINDOW_S   seconds over which the faults are spread (45)
   KELPIE_SOAK_MAX_STEPS  the longest job's steps (20; steps take 0.1-0.5 s)
-  KELPIE_SOAK_SLOW_S     how long the slow webhook receiver takes to answer (8)
+  KELPIE_SOAK_SLOW_S     how long the slow webhook receiver takes to answer (5)
   KELPIE_SOAK_TIMEOUT_S  the test's own time limit (290)
 """
 
@@ -68,7 +68,9 @@ JOBS = int(os.environ.get("KELPIE_SOAK_JOBS", "45"))
 AGENTS = max(3, int(os.environ.get("KELPIE_SOAK_AGENTS", "6")))
 WINDOW_S = float(os.environ.get("KELPIE_SOAK_WINDOW_S", "45"))
 MAX_STEPS = max(3, int(os.environ.get("KELPIE_SOAK_MAX_STEPS", "20")))
-SLOW_S = float(os.environ.get("KELPIE_SOAK_SLOW_S", "8"))
+# It also sets the webhook lease (api.webhooks.lease_seconds, from the timeout below) that the
+# deliveries of a SIGKILLed API wait out before the other sends them: often the bounded run's end.
+SLOW_S = float(os.environ.get("KELPIE_SOAK_SLOW_S", "5"))
 TIMEOUT_S = int(os.environ.get("KELPIE_SOAK_TIMEOUT_S", "290"))
 
 TENANTS = ("A", "B", "C")  # C is also the noisy one
