@@ -70,6 +70,9 @@ class Settings:
     # threads made heartbeat p99 five times worse than 4 for no gain in throughput. Scale with
     # more processes (--workers), not more threads.
     db_pool_size: int = setting("KELPIE_DB_POOL_SIZE", 4, integer)
+    # How long a request waits out a database that refuses connections (api/db.py) before it
+    # answers 503.
+    db_reconnect_wait_s: float = setting("KELPIE_DB_RECONNECT_WAIT_S", 10.0, number)
     # Bootstrap administrator key: the admin creates users and can see every job.
     admin_key: str | None = setting("KELPIE_ADMIN_KEY", None, long_secret)
     # Largest accepted request body (a batch of 1000 jobs with long sync lists fits easily).
