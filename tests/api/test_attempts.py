@@ -15,7 +15,7 @@ from tests.support.webhook_receiver import WebhookReceiver
 
 FAST_WEBHOOKS = {"KELPIE_WEBHOOK_POLL_S": "0.05", "KELPIE_WEBHOOK_RETRY_BASE_S": "0.1"}
 # The tests below poll without waiting for a lease to run out, which nothing announces: their
-# polls see it once the empty cache's safety net lapses (5 s by default), so it is short here.
+# polls see it once the empty cache's safety net lapses, so that is short here.
 FAST_LEASE_CHECKS = {"KELPIE_EMPTY_CACHE_TTL_S": "1"}
 GRACE_S = 3
 
