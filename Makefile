@@ -39,7 +39,7 @@ torture: install
 
 # The chaos soak at full size: 300 checkpointing jobs from 3 tenants on 12 agents, 2 API
 # processes, its own PostgreSQL cluster, SeaweedFS, and a seeded schedule of faults over ten
-# minutes (tests/soak/test_soak.py). `make test` runs it bounded (60 jobs, 6 agents, 1 minute of
+# minutes (tests/soak/test_soak.py). `make test` runs it bounded (45 jobs, 6 agents, 45 s of
 # faults). It prints the seed and the replay command (KELPIE_SOAK_SEED=...) and its figures; the
 # logs stay in $TMPDIR/kelpie-soak-* when it fails.
 SOAK_JOBS ?= 300

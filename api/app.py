@@ -108,6 +108,7 @@ def start_wakeups(app: Sanic) -> None:
     in-process signal, which is complete only when this is the one process on the file."""
     hub = wakeups.hub
     hub.loop = asyncio.get_running_loop()
+    hub.empty_ttl_s = app.ctx.settings.empty_cache_ttl_s
     hub.closing = False
     if db.is_postgres():
         app.ctx.work_listener = wakeups.Listener(app.ctx.settings)

@@ -70,6 +70,9 @@ class Settings:
     # threads made heartbeat p99 five times worse than 4 for no gain in throughput. Scale with
     # more processes (--workers), not more threads.
     db_pool_size: int = setting("KELPIE_DB_POOL_SIZE", 4, integer)
+    # How long a request waits out a database that refuses connections (api/db.py) before it
+    # answers 503.
+    db_reconnect_wait_s: float = setting("KELPIE_DB_RECONNECT_WAIT_S", 10.0, number)
     # Bootstrap administrator key: the admin creates users and can see every job.
     admin_key: str | None = setting("KELPIE_ADMIN_KEY", None, long_secret)
     # Largest accepted request body (a batch of 1000 jobs with long sync lists fits easily).
@@ -82,6 +85,9 @@ class Settings:
     # database when it was last seen valid longer ago than this. The longest a revoked or
     # expired key keeps getting [] on that path; 0 reads it on every such poll.
     key_recheck_seconds: float = setting("KELPIE_KEY_RECHECK_S", 1.0, number)
+    # The empty cache's safety net (api/wakeups.py): how long "nothing to claim here" is trusted
+    # without a wake-up. A lease that runs out while nobody long-polls its group is seen then.
+    empty_cache_ttl_s: float = setting("KELPIE_EMPTY_CACHE_TTL_S", 5.0, number)
     # Failed authentications per client address (api/ratelimit.py): a burst, then this many a
     # second. 0 turns the limit off.
     auth_failure_burst: int = setting("KELPIE_AUTH_FAILURE_BURST", 20, integer)

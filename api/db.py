@@ -68,7 +68,8 @@ def make_database(settings: Settings):
 
 def init(settings: Settings) -> None:
     """Bind the models to the configured database and start the database thread pool."""
-    global _executor, _protocol_executor
+    global _executor, _protocol_executor, _reconnect_wait_s
+    _reconnect_wait_s = settings.db_reconnect_wait_s
     database.initialize(make_database(settings))
     if _executor is None:
         _executor = ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="db")
@@ -99,14 +100,15 @@ def dialect() -> str:
 
 # While PostgreSQL restarts it refuses connections for a moment (about a second for a fast
 # restart, a few for crash recovery). A request waits that out on its database thread rather
-# than answering 500; past this long it answers 503, which every client retries.
-RECONNECT_WAIT_S = 10.0
+# than answering 500; past this long (KELPIE_DB_RECONNECT_WAIT_S, set by init) it answers 503,
+# which every client retries.
+_reconnect_wait_s = 0.0
 
 
 def _connect() -> None:
     """Open this thread's pooled connection, waiting out a database that refuses connections
-    (up to RECONNECT_WAIT_S), then 503. SQLite's errors are raised as they are."""
-    deadline = time.monotonic() + RECONNECT_WAIT_S
+    (up to _reconnect_wait_s), then 503. SQLite's errors are raised as they are."""
+    deadline = time.monotonic() + _reconnect_wait_s
     delay = 0.05
     while True:
         try:
@@ -116,7 +118,7 @@ def _connect() -> None:
             if not is_postgres():
                 raise
             if time.monotonic() + delay > deadline:
-                log.warning("database unreachable for %.0f s: %s", RECONNECT_WAIT_S,
+                log.warning("database unreachable for %.0f s: %s", _reconnect_wait_s,
                             (str(error).strip().splitlines() or [type(error).__name__])[0])
                 raise Unavailable("the database is unavailable; retry shortly") from error
             time.sleep(delay)

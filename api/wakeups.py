@@ -24,9 +24,9 @@ the back; the sweeper's next pass and every waiter's own deadline bound how long
 sit while another waiter could take it.
 
 The empty cache: after a claim found nothing, the process remembers "nothing here for this
-caller in this group" until the group's next wake-up (or `EMPTY_TTL_S`, a safety net), so a
-plain poll of a known-empty group costs no claim statement. It is only trusted while the
-process is sure to hear every wake-up: on PostgreSQL while the listener is connected.
+caller in this group" until the group's next wake-up (or KELPIE_EMPTY_CACHE_TTL_S, a safety
+net), so a plain poll of a known-empty group costs no claim statement. It is only trusted while
+the process is sure to hear every wake-up: on PostgreSQL while the listener is connected.
 """
 
 import asyncio
@@ -45,7 +45,6 @@ CHANNEL = "kelpie_work"
 # The payload for jobs without a container group (NOTIFY payloads are text; "" is the None group).
 NO_GROUP = ""
 SWEEP_INTERVAL_S = 1.0
-EMPTY_TTL_S = 5.0
 EMPTY_CACHE_MAX = 100_000
 RECONNECT_MAX_S = 5.0
 
@@ -66,6 +65,7 @@ class Hub:
         self._sequence = 0
         self._generation: dict[str, int] = collections.defaultdict(int)
         self._empty: dict[tuple, tuple[int, float]] = {}
+        self.empty_ttl_s = 0.0  # KELPIE_EMPTY_CACHE_TTL_S, set when the server starts
         # Whether every wake-up of every process reaches this one (SQLite with one process:
         # yes; PostgreSQL: while the listener is connected).
         self.complete = False
@@ -144,7 +144,7 @@ class Hub:
         if seen is None:
             return False
         generation, at = seen
-        if generation != self._generation[key] or time.monotonic() - at > EMPTY_TTL_S:
+        if generation != self._generation[key] or time.monotonic() - at > self.empty_ttl_s:
             self._empty.pop(entry, None)
             return False
         return True
@@ -160,7 +160,7 @@ class Hub:
         """A wait that ended with no wake-up of its group: what the claim before it found
         (nothing) still holds, so the entry is stamped afresh and the caller's next poll,
         right after this answer, costs no claim statement. Without this, every re-poll after
-        a wait longer than EMPTY_TTL_S ran the claim: 333 statements a second for 10,000
+        a wait longer than the cache's TTL ran the claim: 333 statements a second for 10,000
         idle agents at wait=30, enough to back the protocol lane up on a slow database."""
         seen = self._empty.get(entry)
         if self.complete and seen is not None and seen[0] == generation == self._generation[key]:

@@ -17,6 +17,16 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 DIALECTS = ["sqlite", "postgresql"]
 
+# API processes started by `api_server`, by DATABASE_URL. A module's second dialect is set up
+# after its `api_server`, so pytest would drop that database first and the API, losing its
+# database, then took some 10 s to stop: a database fixture stops the servers on it first.
+_servers_by_database: dict[str, list[ApiProcess]] = {}
+
+
+def _stop_servers_on(url: str) -> None:
+    for server in _servers_by_database.pop(url, []):
+        server.stop()
+
 
 def make_database_url(dialect: str, tmp_dir) -> tuple[str, callable]:
     """A fresh database of the given dialect: (DATABASE_URL, cleanup)."""
@@ -30,6 +40,7 @@ def make_database_url(dialect: str, tmp_dir) -> tuple[str, callable]:
 def database_url(request, tmp_path_factory):
     url, cleanup = make_database_url(request.param, tmp_path_factory.mktemp("db"))
     yield url
+    _stop_servers_on(url)
     cleanup()
 
 
@@ -38,24 +49,26 @@ def postgres_url():
     """A fresh PostgreSQL database for this module alone, whatever `database_url` is."""
     name, url = postgres.create_database()
     yield url
+    _stop_servers_on(url)
     postgres.drop_database(name)
 
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory):
     """Factory: api_server(database_url, env={...}, workers=N) starts an API process with its own
-    log; every one started stops at the end of the module."""
+    log; each stops before its database is dropped, or at the end of the module."""
     started: list[ApiProcess] = []
 
     def start(database_url: str, *, env: dict | None = None, workers: int = 1) -> ApiProcess:
         server = ApiProcess(database_url, env=env, workers=workers,
                             log_path=tmp_path_factory.mktemp("api") / "api.log")
         started.append(server)
+        _servers_by_database.setdefault(database_url, []).append(server)
         return server.start()
 
     yield start
     for server in started:
-        server.stop()
+        _stop_servers_on(server.database_url)  # if its database fixture has not already
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ deletions never overtake uploads, a dying writer never replaces a good object, a
 committed as one, symlinks are followed or fail loudly, files of a new directory are not sent
 mid-write."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -53,40 +54,50 @@ def wait_file(path, timeout=20):
 
 # --- deletions never overtake uploads ---
 
-def test_rotation_delete_waits_for_the_new_checkpoint(storage, bucket, tmp_path):
-    """Keep-last-1: ckpt-2 is written, ckpt-1 deleted while ckpt-2 still uploads. The bucket
-    must never be without a checkpoint: ckpt-1's object goes only after ckpt-2's is durable."""
-    local = tmp_path / "rot"
-    rule = SyncRule(bucket, "rot/", local)
-    sync = DirectorySync(rule, storage, known={})
+@contextlib.contextmanager
+def upload_held_for_a_deletion(storage, held: str):
+    """Yields the store's uploads and deletions as they finish ("uploaded REL", "deleted REL");
+    the upload of `held` waits until a deletion ran (the bug) or 3 s passed, so that a deletion
+    that does not wait for it gets every chance to go first."""
     events: list[str] = []
-    release = threading.Event()
+    deleted = threading.Event()
     real_upload, real_delete = storage.upload_files, storage.delete
 
     def slow_upload(rule_, rels, on_done=None, **kwargs):
-        if rels == ["ckpt-2"]:
-            # Hold ckpt-2's upload until ckpt-1's deletion ran (the bug) or 3 s passed.
-            release.wait(3)
+        if rels == [held]:
+            deleted.wait(3)
         result = real_upload(rule_, rels, on_done, **kwargs)
         events.append(f"uploaded {rels[0]}")
         return result
 
     def recording_delete(rule_, rel):
         events.append(f"deleted {rel}")
-        release.set()
+        deleted.set()
         real_delete(rule_, rel)
 
     storage.upload_files, storage.delete = slow_upload, recording_delete
-    sync.start()
     try:
-        (local / "ckpt-1").write_bytes(b"1" * 1000)
-        wait_until(lambda: "uploaded ckpt-1" in events, timeout=10)
-        (local / "ckpt-2").write_bytes(b"2" * 1000)
-        (local / "ckpt-1").unlink()
-        wait_until(lambda: "deleted ckpt-1" in events, timeout=20)
+        yield events
     finally:
         storage.upload_files, storage.delete = real_upload, real_delete
-        sync.abandon()
+
+
+def test_rotation_delete_waits_for_the_new_checkpoint(storage, bucket, tmp_path):
+    """Keep-last-1: ckpt-2 is written, ckpt-1 deleted while ckpt-2 still uploads. The bucket
+    must never be without a checkpoint: ckpt-1's object goes only after ckpt-2's is durable."""
+    local = tmp_path / "rot"
+    rule = SyncRule(bucket, "rot/", local)
+    sync = DirectorySync(rule, storage, known={})
+    with upload_held_for_a_deletion(storage, "ckpt-2") as events:
+        sync.start()
+        try:
+            (local / "ckpt-1").write_bytes(b"1" * 1000)
+            wait_until(lambda: "uploaded ckpt-1" in events, timeout=10)
+            (local / "ckpt-2").write_bytes(b"2" * 1000)
+            (local / "ckpt-1").unlink()
+            wait_until(lambda: "deleted ckpt-1" in events, timeout=20)
+        finally:
+            sync.abandon()
     assert events.index("uploaded ckpt-2") < events.index("deleted ckpt-1"), events
     assert keys(storage, bucket, "rot/") == ["rot/ckpt-2"]
 
@@ -97,34 +108,17 @@ def test_polled_deletion_still_waits_for_files_written_before_it(storage, bucket
     local = tmp_path / "poll"
     rule = SyncRule(bucket, "poll/", local)
     sync = DirectorySync(rule, storage, known={}, watcher_mode="poll", poll_interval=0.5)
-    order: list[str] = []
-    deleted = threading.Event()
-    real_upload, real_delete = storage.upload_files, storage.delete
-
-    def slow_upload(rule_, rels, on_done=None, **kwargs):
-        if rels == ["b"]:
-            deleted.wait(3)  # a deletion that does not wait gets every chance to go first
-        result = real_upload(rule_, rels, on_done, **kwargs)
-        order.append(f"up {rels[0]}")
-        return result
-
-    def recording_delete(rule_, rel):
-        order.append(f"del {rel}")
-        deleted.set()
-        real_delete(rule_, rel)
-
-    storage.upload_files, storage.delete = slow_upload, recording_delete
-    sync.start()
-    try:
-        (local / "a").write_bytes(b"a")
-        wait_until(lambda: "up a" in order, timeout=10)
-        (local / "b").write_bytes(b"b")
-        (local / "a").unlink()
-        wait_until(lambda: "del a" in order, timeout=10)
-    finally:
-        storage.upload_files, storage.delete = real_upload, real_delete
-        sync.abandon()
-    assert order.index("up b") < order.index("del a"), order
+    with upload_held_for_a_deletion(storage, "b") as events:
+        sync.start()
+        try:
+            (local / "a").write_bytes(b"a")
+            wait_until(lambda: "uploaded a" in events, timeout=10)
+            (local / "b").write_bytes(b"b")
+            (local / "a").unlink()
+            wait_until(lambda: "deleted a" in events, timeout=10)
+        finally:
+            sync.abandon()
+    assert events.index("uploaded b") < events.index("deleted a"), events
 
 
 def test_shutdown_out_of_time_drops_deletions_instead_of_running_them(storage, bucket, tmp_path):

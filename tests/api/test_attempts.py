@@ -14,13 +14,17 @@ from tests.support.net import wait_until
 from tests.support.webhook_receiver import WebhookReceiver
 
 FAST_WEBHOOKS = {"KELPIE_WEBHOOK_POLL_S": "0.05", "KELPIE_WEBHOOK_RETRY_BASE_S": "0.1"}
+# The tests below poll without waiting for a lease to run out, which nothing announces: their
+# polls see it once the empty cache's safety net lapses, so that is short here.
+FAST_LEASE_CHECKS = {"KELPIE_EMPTY_CACHE_TTL_S": "1"}
 GRACE_S = 3
 
 
 @pytest.fixture(scope="module")
 def api(database_url, api_server):
     """This module's API: leases of exactly 2 × interval (grace 0), fast webhooks."""
-    return api_server(database_url, env={**FAST_WEBHOOKS, "KELPIE_LEASE_GRACE_S": "0"})
+    return api_server(database_url, env={**FAST_WEBHOOKS, **FAST_LEASE_CHECKS,
+                                         "KELPIE_LEASE_GRACE_S": "0"})
 
 
 @pytest.fixture
@@ -59,7 +63,8 @@ def test_lease_grace_keeps_a_slow_holder_its_job(database_url, tmp_path, user_ke
     """Interval 1 s, grace 3 s: the lease is 4 s, not 2. A holder whose heartbeat comes 2.5 s
     late (main's 2 s lease would have handed its job on) keeps its job; after the full lease
     without heartbeats the job goes to the next machine."""
-    graced = ApiProcess(database_url, env={"KELPIE_LEASE_GRACE_S": str(GRACE_S)},
+    graced = ApiProcess(database_url, env={**FAST_LEASE_CHECKS,
+                                           "KELPIE_LEASE_GRACE_S": str(GRACE_S)},
                         log_path=tmp_path / "graced.log")
     graced.admin_key = api.admin_key  # the bootstrap admin key must agree across processes
     with graced:

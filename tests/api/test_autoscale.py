@@ -6,6 +6,7 @@ state, the rule's last evaluation), never for a fixed time.
 """
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -352,10 +353,13 @@ def test_two_api_processes_evaluate_once_per_tick(dialect, salad_api, tmp_path):
     env = _env(salad_api, interval)
     first = ApiProcess(url, workers=2, env=env, log_path=tmp_path / "first.log")
     second = ApiProcess(url, workers=2, env=env, log_path=tmp_path / "second.log")
+    second.admin_key = first.admin_key
     try:
-        first.start()
-        second.admin_key = first.admin_key
-        second.start()
+        # Each takes seconds to bring up its workers: started together once the database is
+        # ready, they do not both try to migrate it or install the administrator key.
+        first.prepare_database()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(ApiProcess.start, (first, second)))
         key = first.create_user("scaler", org=ORG, project=PROJECT)
         name = _name()
         group_id = salad_api.add_group(ORG, PROJECT, name, replicas=1)

@@ -424,7 +424,8 @@ def test_a_revoked_key_stops_at_once_in_every_api_process(database_url, tmp_path
 
 def test_healthz_never_shows_the_database_error(tmp_path):
     name, url = postgres.create_database("health")
-    api = ApiProcess(url, log_path=tmp_path / "api.log")
+    # A short wait for the vanished database: the 503 and the stop both wait it out.
+    api = ApiProcess(url, log_path=tmp_path / "api.log", env={"KELPIE_DB_RECONNECT_WAIT_S": "1"})
     try:
         with api:
             assert api.request("GET", "/healthz") == (200, {"status": "ok", "database": "ok"})

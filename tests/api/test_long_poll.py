@@ -103,17 +103,24 @@ def test_the_wait_is_in_the_openapi_document(api):
     assert wait["in"] == "query" and wait["schema"]["maximum"] == 30
 
 
-def test_exactly_one_of_several_waiters_gets_the_job(api, user_key):
+def each_job_to_one_waiter(api, key, *, waiters: int, jobs: int, wait: float) -> None:
+    """`waiters` long polls parked on one group, then `jobs` submissions to it: every poll
+    answers 200 and every job is handed out exactly once (the rest answer [] at their wait's
+    end)."""
     g = group()
-    polls = [Poll(api, user_key, f"m{i}", g, 4) for i in range(4)]
+    polls = [Poll(api, key, f"m{i}", g, wait) for i in range(waiters)]
     for poll in polls:
         poll.start()
-    parked(api, 4)
-    job = submit(api, user_key, g)
+    parked(api, waiters)
+    submitted = [submit(api, key, g) for _ in range(jobs)]
     answers = [poll.result() for poll in polls]
-    assert all(status == 200 for status, _ in answers)
-    got = [work for _, work in answers if work]
-    assert len(got) == 1 and got[0][0]["id"] == job["id"]
+    assert all(status == 200 for status, _ in answers), answers
+    got = [item["id"] for _, work in answers for item in work]
+    assert sorted(got) == sorted(job["id"] for job in submitted)
+
+
+def test_exactly_one_of_several_waiters_gets_the_job(api, user_key):
+    each_job_to_one_waiter(api, user_key, waiters=4, jobs=1, wait=4)
 
 
 def test_a_failure_that_requeues_wakes_a_waiter(api, user_key):
@@ -207,76 +214,85 @@ def _known_empty_polls(api, key, path, count):
         assert api.request("GET", path, key=key) == (200, [])
 
 
-def test_an_expired_key_is_refused_by_the_empty_cache_within_the_recheck_bound(
-        fresh_database, tmp_path):
+def test_an_expired_key_is_refused_by_the_empty_cache_within_the_recheck_bound(own_api):
     """Nothing announces an expiry: the empty cache's answer re-reads the key once it was last
     seen valid KELPIE_KEY_RECHECK_S ago, so an expired key gets [] that long at most."""
-    recheck = 1.0
-    with ApiProcess(fresh_database, env={"KELPIE_KEY_RECHECK_S": str(recheck)},
-                    log_path=tmp_path / "api.log") as api:
-        user_id = api.request("GET", "/users/me", key=api.create_user("expiring"))[1]["id"]
-        status, issued = api.request("POST", f"/users/{user_id}/token", {"expires_in_s": 2})
-        assert status == 201, issued
-        issued_by = time.monotonic()
-        key = issued["token"]
-        path = "/work?machine_id=m1&container_group_id=" + group()
-        hits = empty_cache_hits(api)
-        _known_empty_polls(api, key, path, 3)
-        assert empty_cache_hits(api) > hits  # the path under test answered
-        wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=10,
-                   message="an expired key was never refused")
-        # Expired at issued_by + 2 s at the latest; refused at most `recheck` later (plus
-        # one poll's time on a busy machine).
-        assert time.monotonic() - issued_by <= 2 + recheck + 0.75
+    api = own_api
+    user_id = api.request("GET", "/users/me", key=api.create_user("expiring"))[1]["id"]
+    status, issued = api.request("POST", f"/users/{user_id}/token", {"expires_in_s": 2})
+    assert status == 201, issued
+    issued_by = time.monotonic()
+    key = issued["token"]
+    path = "/work?machine_id=m1&container_group_id=" + group()
+    hits = empty_cache_hits(api)
+    _known_empty_polls(api, key, path, 3)
+    assert empty_cache_hits(api) > hits  # the path under test answered
+    wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=10,
+               message="an expired key was never refused")
+    # Expired at issued_by + 2 s at the latest; refused at most the recheck bound later (plus
+    # one poll's time on a busy machine).
+    assert time.monotonic() - issued_by <= 2 + OWN_RECHECK_S + 0.75
 
 
-def test_postgres_a_revocation_reaches_every_process_at_once(pg_url, tmp_path):
+@pytest.fixture(scope="module")
+def pg_two_workers(postgres_url, api_server):
+    """Two Sanic processes on PostgreSQL whose key stamps outlast the module, so that only a
+    notification can tell one process of what the other did to a key."""
+    return api_server(postgres_url, workers=2, env={"KELPIE_KEY_RECHECK_S": "600"})
+
+
+def test_postgres_a_revocation_reaches_every_process_at_once(pg_two_workers):
     """With a recheck bound far longer than the test, only the revocation's notification can
     make the other process refuse the key: every poll after the first 403 is refused."""
-    _, url = pg_url
-    with ApiProcess(url, workers=2, env={"KELPIE_KEY_RECHECK_S": "600"},
-                    log_path=tmp_path / "api.log") as api:
-        key = api.create_user("revoked-everywhere")
-        path = "/work?machine_id=m1&container_group_id=" + group()
+    api = pg_two_workers
+    key = api.create_user("revoked-everywhere")
+    path = "/work?machine_id=m1&container_group_id=" + group()
 
-        def polls(count):
-            # Concurrent connections: one after another, they all tend to land on one process.
-            with ThreadPoolExecutor(16) as pool:
-                return collections.Counter(pool.map(
-                    lambda _: api.request("GET", path, key=key)[0], range(count)))
+    def polls(count):
+        # Concurrent connections: one after another, they all tend to land on one process.
+        with ThreadPoolExecutor(16) as pool:
+            return collections.Counter(pool.map(
+                lambda _: api.request("GET", path, key=key)[0], range(count)))
 
-        hits = empty_cache_hits(api)
-        assert polls(64) == {200: 64}
-        # At least two claims ran: both processes know the group empty and have seen the key.
-        assert empty_cache_hits(api) - hits <= 62
-        listing = api.request("GET", "/users/me/tokens", key=key)[1]
-        status, _ = api.request("DELETE", f"/users/me/tokens/{listing['tokens'][0]['id']}",
-                                key=key)
-        assert status == 204
-        wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=5,
-                   message="the revoked key was still answered")
-        assert polls(64) == {403: 64}
+    hits = empty_cache_hits(api)
+    assert polls(64) == {200: 64}
+    # At least two claims ran: both processes know the group empty and have seen the key.
+    assert empty_cache_hits(api) - hits <= 62
+    listing = api.request("GET", "/users/me/tokens", key=key)[1]
+    status, _ = api.request("DELETE", f"/users/me/tokens/{listing['tokens'][0]['id']}",
+                            key=key)
+    assert status == 204
+    wait_until(lambda: api.request("GET", path, key=key)[0] == 403, timeout=5,
+               message="the revoked key was still answered")
+    assert polls(64) == {403: 64}
 
 
 # --- limits and processes of their own ---------------------------------------------------------
 
-@pytest.fixture
-def fresh_database(database_url, tmp_path):
+OWN_RECHECK_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def own_api(database_url, api_server, tmp_path_factory):
+    """An API on a database of its own (the module's dialect) with settings the shared one must
+    not have: waits capped at 1 s, and a key recheck bound the test states itself."""
     url, cleanup = make_database_url("postgresql" if database_url.startswith("postgres")
-                                     else "sqlite", tmp_path)
-    yield url
+                                     else "sqlite", tmp_path_factory.mktemp("own"))
+    server = api_server(url, env={"KELPIE_MAX_POLL_WAIT_S": "1",
+                                  "KELPIE_KEY_RECHECK_S": str(OWN_RECHECK_S)})
+    yield server
+    server.stop()  # before its database goes
     cleanup()
 
 
-def test_the_wait_is_capped(fresh_database, tmp_path):
-    with ApiProcess(fresh_database, env={"KELPIE_MAX_POLL_WAIT_S": "1"},
-                    log_path=tmp_path / "api.log") as api:
-        key = api.create_user("capped")
-        started = time.monotonic()
-        status, work = api.request("GET", "/work?machine_id=m1&container_group_id=g&wait=600",
-                                   key=key)
-        # Answered by the server's cap, long before the client's own 30 s timeout.
-        assert (status, work) == (200, []) and time.monotonic() - started < 25
+def test_the_wait_is_capped(own_api):
+    api = own_api
+    key = api.create_user("capped")
+    started = time.monotonic()
+    status, work = api.request("GET", "/work?machine_id=m1&container_group_id=g&wait=600",
+                               key=key)
+    # Answered by the server's cap, long before the client's own 30 s timeout.
+    assert (status, work) == (200, []) and time.monotonic() - started < 25
 
 
 @pytest.fixture
@@ -302,18 +318,9 @@ def test_postgres_wakes_a_waiter_in_another_process(pg_url, tmp_path):
             assert status == 200 and work[0]["id"] == job["id"]
 
 
-def test_postgres_two_workers_hand_each_job_to_one_waiter(pg_url, tmp_path):
-    _, url = pg_url
-    with ApiProcess(url, workers=2, log_path=tmp_path / "api.log") as api:
-        key = api.create_user("workers")
-        g = group()
-        polls = [Poll(api, key, f"m{i}", g, 6) for i in range(6)]
-        for poll in polls:
-            poll.start()
-        parked(api, 6)
-        jobs = [submit(api, key, g) for _ in range(3)]
-        got = [work[0]["id"] for _, work in (poll.result() for poll in polls) if work]
-        assert sorted(got) == sorted(job["id"] for job in jobs)
+def test_postgres_two_workers_hand_each_job_to_one_waiter(pg_two_workers):
+    each_job_to_one_waiter(pg_two_workers, pg_two_workers.create_user("workers"),
+                           waiters=6, jobs=3, wait=6)
 
 
 def test_postgres_listener_reconnects_after_its_connection_is_killed(pg_url, tmp_path):
@@ -351,12 +358,5 @@ def test_sqlite_with_two_processes_still_wakes_waiters(tmp_path):
     sweeper's re-check finds the job for a waiter in the other process."""
     with ApiProcess(f"sqlite:///{tmp_path}/kelpie.db", workers=2,
                     log_path=tmp_path / "api.log") as api:
-        key = api.create_user("sqlite-two")
-        g = group()
-        polls = [Poll(api, key, f"m{i}", g, 15) for i in range(4)]
-        for poll in polls:
-            poll.start()
-        parked(api, 4)
-        jobs = [submit(api, key, g) for _ in range(2)]
-        got = [work[0]["id"] for _, work in (poll.result() for poll in polls) if work]
-        assert sorted(got) == sorted(job["id"] for job in jobs)
+        # Several of the sweeper's passes (api/wakeups.py) fit in 8 s, after the last waiter parks.
+        each_job_to_one_waiter(api, api.create_user("sqlite-two"), waiters=4, jobs=2, wait=8)

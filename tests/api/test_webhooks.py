@@ -28,6 +28,8 @@ FAST = {
     "KELPIE_WEBHOOK_TIMEOUT_S": "3",
     # This module tests the address checks themselves, so no host allowlist in front of them.
     "KELPIE_WEBHOOK_ALLOWED_HOSTS": "",
+    # A lost lease is seen by a plain poll only once the empty cache lapses: soon, here.
+    "KELPIE_EMPTY_CACHE_TTL_S": "1",
 }
 
 

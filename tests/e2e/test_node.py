@@ -7,7 +7,9 @@ from tests.support.net import wait_until
 
 
 def test_idle_agent_gives_the_node_back(agents, imds):
-    agent = agents("machine-idle", MAX_TIME_WITH_NO_WORK_S="1")
+    # An idle agent looks at its idle time between polls: a long poll of 1 s, not the 20 s
+    # default, so that the first look comes after 1 s.
+    agent = agents("machine-idle", MAX_TIME_WITH_NO_WORK_S="1", KELPIE_POLL_WAIT_S="1")
     assert agent.process.wait(timeout=30) == 0
     assert imds.reallocations == ["no work"]
     assert imds.deletion_costs()[:1] == [0]

@@ -33,8 +33,9 @@ class ApiProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ApiProcess":
-        env = {
+    def environment(self) -> dict:
+        """The server's environment: the test's own with loopback-only settings on top."""
+        return {
             **os.environ,
             "DATABASE_URL": self.database_url,
             "KELPIE_ADMIN_KEY": self.admin_key,
@@ -55,12 +56,20 @@ class ApiProcess:
             "KELPIE_LEASE_GRACE_S": "0",
             **self.extra_env,
         }
+
+    def prepare_database(self) -> None:
+        """What `serve` does before it listens (migrations, the administrator key), alone: after
+        it, several servers on this database can start at the same time without racing."""
+        subprocess.run([sys.executable, "-m", "api", "migrate"], cwd=REPO_ROOT,
+                       env=self.environment(), check=True, timeout=60)
+
+    def start(self) -> "ApiProcess":
         # The child keeps its own copy of the descriptor; ours is closed right after Popen.
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers)],
-            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT, env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if self.log_path:
