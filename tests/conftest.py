@@ -2,6 +2,7 @@
 on loopback, SeaweedFS and the IMDS stand-in. Suite-specific fixtures live in each folder's own
 conftest."""
 
+import contextlib
 import os
 import secrets
 
@@ -34,6 +35,28 @@ def make_database_url(dialect: str, tmp_dir) -> tuple[str, callable]:
         return f"sqlite:///{tmp_dir}/kelpie.db", lambda: None
     name, url = postgres.create_database()
     return url, lambda: postgres.drop_database(name)
+
+
+@contextlib.contextmanager
+def queue_database(dialect: str, tmp_dir, user_ids=()):
+    """A fresh, migrated database this process talks to directly (api.db), with these users,
+    for tests that call the queue in-process rather than over HTTP."""
+    from api import db
+    from api.config import Settings
+    from api.migrations import apply_all
+    from api.models import User
+
+    url, cleanup = make_database_url(dialect, tmp_dir)
+    db.init(Settings(database_url=url))
+    try:
+        with db.database.connection_context():
+            apply_all()
+            for user_id in user_ids:
+                User.create(id=user_id, name=user_id, created=db.utcnow())
+            yield
+    finally:
+        db.close()
+        cleanup()
 
 
 @pytest.fixture(scope="module", params=DIALECTS)

@@ -13,11 +13,9 @@ import pytest
 
 from api import db, jobspec, keys, queue, serialize, sql
 from api.config import Settings
-from api.migrations import apply_all
-from api.models import User
 from api.principal import Principal
 from tests.api.jobdefs import sync_job
-from tests.conftest import make_database_url
+from tests.conftest import queue_database
 
 GROUP = "one-group"
 JOBS, CLAIMED = 3000, 2000
@@ -29,11 +27,7 @@ MAX_BUFFERS = 200
 
 @pytest.fixture(scope="module")
 def tenant(tmp_path_factory):
-    url, cleanup = make_database_url("postgresql", tmp_path_factory.mktemp("claim-plan"))
-    db.init(Settings(database_url=url))
-    with db.database.connection_context():
-        apply_all()
-        User.create(id="plan", name="plan", created=db.utcnow())
+    with queue_database("postgresql", tmp_path_factory.mktemp("claim-plan"), ["plan"]):
         keys.insert("plan", "plan-key")
         principal = Principal(user_id="plan", key_hash=keys.hash_key("plan-key"))
         spec = jobspec.parse_job(sync_job(container_group_id=GROUP), Settings())
@@ -45,8 +39,6 @@ def tenant(tmp_path_factory):
         # so what is measured is the walk over live jobs that a poor plan makes.
         db.database.execute_sql("VACUUM ANALYZE jobs")
         yield principal
-    db.close()
-    cleanup()
 
 
 def _one_claim(principal: Principal, machine_id: str) -> tuple[int, str]:

@@ -7,12 +7,10 @@ from datetime import timedelta
 import pytest
 
 from api import db, fleet, queue
-from api.config import Settings
-from api.migrations import apply_all
-from api.models import JobEvent, User
+from api.models import JobEvent
 from api.principal import ADMIN, Principal
 from api.states import EventKind
-from tests.conftest import DIALECTS, make_database_url
+from tests.conftest import DIALECTS, queue_database
 
 OWNER = Principal(user_id="activity-owner")
 STRANGER = Principal(user_id="activity-stranger")
@@ -20,15 +18,9 @@ STRANGER = Principal(user_id="activity-stranger")
 
 @pytest.fixture(scope="module", params=DIALECTS)
 def database(request, tmp_path_factory):
-    url, cleanup = make_database_url(request.param, tmp_path_factory.mktemp("activity"))
-    db.init(Settings(database_url=url))
-    with db.database.connection_context():
-        apply_all()
-        for principal in (OWNER, STRANGER):
-            User.create(id=principal.user_id, name=principal.user_id, created=db.utcnow())
+    with queue_database(request.param, tmp_path_factory.mktemp("activity"),
+                        [OWNER.user_id, STRANGER.user_id]):
         yield request.param
-    db.close()
-    cleanup()
 
 
 def _job_of(principal: Principal) -> str:

@@ -16,13 +16,11 @@ from typing import NamedTuple
 import pytest
 
 from api import db, queue, states
-from api.config import Settings
 from api.errors import Conflict
-from api.migrations import apply_all
-from api.models import Job, JobBan, JobEvent, User, WebhookDelivery
+from api.models import Job, JobBan, JobEvent, WebhookDelivery
 from api.principal import Principal
 from api.states import Action, EventKind, JobStatus
-from tests.conftest import DIALECTS, make_database_url
+from tests.conftest import DIALECTS, queue_database
 
 P, R, C, F, X = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED,
                  JobStatus.CANCELED)
@@ -32,14 +30,8 @@ WEBHOOK = "http://127.0.0.1:9/hook"  # never sent: no sender runs in this test
 
 @pytest.fixture(scope="module", params=DIALECTS)
 def database(request, tmp_path_factory):
-    url, cleanup = make_database_url(request.param, tmp_path_factory.mktemp("transitions"))
-    db.init(Settings(database_url=url))
-    with db.database.connection_context():
-        apply_all()
-        User.create(id="transitions", name="transitions", created=db.utcnow())
+    with queue_database(request.param, tmp_path_factory.mktemp("transitions"), ["transitions"]):
         yield request.param
-    db.close()
-    cleanup()
 
 
 PRINCIPAL = Principal(user_id="transitions")
