@@ -6,6 +6,7 @@ PostgreSQL locks the candidate row with SKIP LOCKED; SQLite's BEGIN IMMEDIATE al
 excludes other writers.
 """
 
+import functools
 import hashlib
 
 from api import lease
@@ -28,7 +29,12 @@ _STALE = ("SELECT 0 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
           " AND " + _NOT_BANNED + " ORDER BY j.lease_expires LIMIT 1")
 _PENDING = ("SELECT 1 AS rank, " + _CANDIDATE_COLUMNS + " FROM jobs j"
             " WHERE j.user_id = {p}{project} AND {group} AND j.status = " + _PENDING_SQL + "{key}"
-            " AND " + _NOT_BANNED + " ORDER BY j.created, j.id LIMIT 1")
+            " AND " + _NOT_BANNED + " ORDER BY {claim_order} LIMIT 1")
+
+# The order pending jobs are claimed in: oldest first. PostgreSQL's is written as the
+# expression `jobs_pending` holds (migration 0010), which no other index holds, so no plan can
+# walk a listing index over jobs already claimed instead; the same order as `created`.
+_CLAIM_ORDER = {"postgresql": "extract(epoch from j.created), j.id", "sqlite": "j.created, j.id"}
 
 _CLAIM_CANDIDATE = {
     # PostgreSQL allows no FOR UPDATE inside a UNION, but does inside CTEs.
@@ -44,7 +50,7 @@ _CLAIM_CANDIDATE = {
 # check seq-scanned the jobs table or walked every running job of the tenant (5,006 rows per
 # claim in one measurement); with it, `jobs_lease` (status, lease_expires) read in order stops
 # at the first lease that has not expired. The candidate's order is `jobs_pending`'s
-# (migration 0009).
+# (migrations 0009 and 0010, `_CLAIM_ORDER`).
 #
 # PostgreSQL's claim of a pending job in one statement, run outside any explicit transaction
 # (one round trip, committed on its own): pick the oldest pending job (SKIP LOCKED), assign it,
@@ -59,7 +65,7 @@ _CLAIM_PENDING_PG = (
     " candidate AS (SELECT j.id FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
     " AND j.status = " + _PENDING_SQL + "{key} AND " + _NOT_BANNED.format(p="%s::text")
     + " AND NOT EXISTS (SELECT 1 FROM stale)"
-    " ORDER BY j.created, j.id LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " ORDER BY " + _CLAIM_ORDER["postgresql"] + " LIMIT 1 FOR UPDATE SKIP LOCKED),"
     " assigned AS (UPDATE jobs j SET status = '" + _CLAIM.target + "',"
     " machine_id = %s::text, started = %s::timestamp,"
     " heartbeat = %s::timestamp, lease_expires = %s::timestamp + {lease} * interval '1 second',"
@@ -144,7 +150,8 @@ def claim_candidate(dialect: str, user_id: str, machine_id: str, container_group
     else:
         project_sql, owner = f" AND j.project = {p}", [user_id, project]
     key_sql, key_params = _key_exists(p, key_hash, now)
-    sql = _CLAIM_CANDIDATE[dialect].format(p=p, group=group, project=project_sql, key=key_sql)
+    sql = _CLAIM_CANDIDATE[dialect].format(p=p, group=group, project=project_sql, key=key_sql,
+                                           claim_order=_CLAIM_ORDER[dialect])
     params = ([*owner, *group_params, now, *key_params, machine_id]
               + [*owner, *group_params, *key_params, machine_id])
     return sql, params
@@ -154,31 +161,38 @@ def claim_pending_pg(user_id: str, machine_id: str, container_group_id, now, *, 
                      timestamp: str, project: str | None = None, key_hash: str | None = None):
     """(sql, params) of `_CLAIM_PENDING_PG`: one row (stale, key_ok, then the assigned job's
     columns, all NULL when nothing was assigned)."""
-    p = "%s"
-    if container_group_id is None:
-        group, group_params = "j.container_group_id IS NULL", []
-    else:
-        group, group_params = f"j.container_group_id = {p}::text", [container_group_id]
-    if project is None:
-        project_sql, owner = "", [user_id]
-    else:
-        project_sql, owner = f" AND j.project = {p}::text", [user_id, project]
-    key_sql, key_params = _key_exists(p, key_hash, now)
-    key_sql = key_sql.replace("k.key_hash = %s", "k.key_hash = %s::text").replace(
-        "k.expires > %s", "k.expires > %s::timestamp")
-    key_ok = "true" if key_hash is None else key_sql[len(" AND "):]
-    sql = _CLAIM_PENDING_PG.format(project=project_sql, group=group, key=key_sql,
-                                   key_ok=key_ok, lease=lease.sql_seconds("postgresql",
-                                                                          "j.heartbeat_interval"))
-    params = ([*owner, *group_params, now, machine_id]
-              + [*owner, *group_params, *key_params, machine_id]
+    owner = [user_id] if project is None else [user_id, project]
+    group = [] if container_group_id is None else [container_group_id]
+    key = [] if key_hash is None else [key_hash, now]
+    statement = _claim_pending_pg_text(project is not None, container_group_id is not None,
+                                       key_hash is not None,
+                                       lease.sql_seconds("postgresql", "j.heartbeat_interval"))
+    params = ([*owner, *group, now, machine_id]
+              + [*owner, *group, *key, machine_id]
               + [machine_id, now, now, now]
               + [now, actor]
               + [timestamp, now, now]
-              + key_params)
-    return sql, params
+              + key)
+    return statement, params
 
 
+@functools.cache
+def _claim_pending_pg_text(project: bool, group: bool, key: bool, lease_sql: str) -> str:
+    """The text of `_CLAIM_PENDING_PG` for one variant, built once: it runs on every poll, and
+    formatting 2 KB of SQL cost the caller more CPU than PostgreSQL spends executing it."""
+    group_sql = "j.container_group_id = %s::text" if group else "j.container_group_id IS NULL"
+    project_sql = " AND j.project = %s::text" if project else ""
+    key_sql = ""
+    if key:
+        key_sql = _key_exists("%s", "", None)[0].replace(
+            "k.key_hash = %s", "k.key_hash = %s::text").replace(
+            "k.expires > %s", "k.expires > %s::timestamp")
+    key_ok = key_sql[len(" AND "):] if key else "true"
+    return _CLAIM_PENDING_PG.format(project=project_sql, group=group_sql, key=key_sql,
+                                    key_ok=key_ok, lease=lease_sql)
+
+
+@functools.lru_cache(maxsize=256)
 def prepared(statement: str) -> tuple[str, str]:
     """(name, PREPARE text) for a PostgreSQL statement written with %s placeholders. The name
     follows from the text, so a connection prepares each variant once, and every process (and
