@@ -45,12 +45,11 @@ _CLAIM_CANDIDATE = {
               + _PENDING + ") ORDER BY rank LIMIT 1",
 }
 
-# The ORDER BYs are there for the plan more than for the answer. Prepared, this statement gets a
-# generic plan that cannot see how few jobs match: without `ORDER BY j.lease_expires` the stale
-# check seq-scanned the jobs table or walked every running job of the tenant (5,006 rows per
-# claim in one measurement); with it, `jobs_lease` (status, lease_expires) read in order stops
-# at the first lease that has not expired. The candidate's order is `jobs_pending`'s
-# (migrations 0009 and 0010, `_CLAIM_ORDER`).
+# Prepared, this statement gets a generic plan that cannot see how few jobs match, from
+# statistics a burst of submissions makes wrong; each lookup therefore has one index that fits
+# it exactly (migration 0010). The stale check's conditions are every key of `jobs_stale`, so
+# it reads only this group's expired leases, the earliest first; the candidate's order is
+# written as `jobs_pending` holds it (`_CLAIM_ORDER`).
 #
 # PostgreSQL's claim of a pending job in one statement, run outside any explicit transaction
 # (one round trip, committed on its own): pick the oldest pending job (SKIP LOCKED), assign it,

@@ -8,6 +8,7 @@ claims, and growing. This forces the generic plan and bounds the pages one claim
 """
 
 import re
+from datetime import timedelta
 
 import pytest
 
@@ -19,35 +20,49 @@ from tests.conftest import queue_database
 
 GROUP = "one-group"
 JOBS, CLAIMED = 3000, 2000
-# A claim reads the index pages leading to one pending job and one lease, the job's heap page,
-# and writes the job, its event and their index entries: a few dozen pages. The walk this
-# guards against read one page per skipped job (over 2,000 here).
-MAX_BUFFERS = 200
+OTHERS_LOST = 500
+# A claim reads the index pages leading to one pending job and to this group's lost leases, the
+# job's heap page, and writes the job, its event and their index entries: a few dozen pages
+# (35 to 43 measured). The walks this guards against read a page per job skipped or per few:
+# every job claimed before (413 pages measured), every lost lease of every tenant (124).
+# Statistics taken during the burst say no job is running, and then PostgreSQL may check for
+# lost leases with `jobs_lease` rather than `jobs_stale` (both look like one row to it): that
+# walk is bounded by the leases lost at that moment, not by the tenant's history (150 pages).
+MAX_BUFFERS = {"analyzed-after-claims": 100, "analyzed-during-burst": 200}
 
 
 @pytest.fixture(scope="module", params=["analyzed-after-claims", "analyzed-during-burst"])
 def tenant(request, tmp_path_factory):
-    """A tenant with one group, CLAIMED of its JOBS claimed, and the statistics taken either
-    after the claims (as autovacuum leaves them in the end) or while every job was still
-    pending (a burst just submitted, as autovacuum leaves them until a tenth of the table has
-    changed): when every row looked pending, several indexes served the claim's order alike."""
-    with queue_database("postgresql", tmp_path_factory.mktemp("claim-plan"), ["plan"]):
+    """A tenant with one group, CLAIMED of its JOBS claimed, beside another tenant whose
+    OTHERS_LOST running jobs all lost their leases (its nodes died and nobody polls its group).
+    The statistics are taken either after the claims, as autovacuum leaves them in the end, or
+    while every job was still pending, as they stay after a burst until a tenth of the table
+    has changed: then every row looks pending and no group seems to run anything, and several
+    indexes look as good as the right one."""
+    burst = request.param == "analyzed-during-burst"
+    with queue_database("postgresql", tmp_path_factory.mktemp("claim-plan"), ["plan", "other"]):
+        if burst:
+            db.database.execute_sql("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         keys.insert("plan", "plan-key")
         principal = Principal(user_id="plan", key_hash=keys.hash_key("plan-key"))
+        other = Principal(user_id="other")
         spec = jobspec.parse_job(sync_job(container_group_id=GROUP), Settings())
-        if request.param == "analyzed-during-burst":
-            db.database.execute_sql("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         for _ in range(JOBS // 1000):
             queue.submit(principal, [spec] * 1000)
-        if request.param == "analyzed-during-burst":
+        queue.submit(other, [spec] * OTHERS_LOST)
+        if burst:
             db.database.execute_sql("ANALYZE jobs")
+        for index in range(OTHERS_LOST):
+            assert queue.claim(other, f"lost-{index}", GROUP) is not None
+        db.database.execute_sql("UPDATE jobs SET lease_expires = %s WHERE user_id = 'other'",
+                                [db.utcnow() - timedelta(hours=1)])
         for index in range(CLAIMED):
             assert queue.claim(principal, f"machine-{index % 100}", GROUP) is not None
-        if request.param == "analyzed-after-claims":
+        if not burst:
             # The versions the claims replaced are gone from the indexes, as autovacuum leaves
             # them, so what is measured is the walk over live jobs that a poor plan makes.
             db.database.execute_sql("VACUUM ANALYZE jobs")
-        yield principal
+        yield principal, MAX_BUFFERS[request.param]
 
 
 def _one_claim(principal: Principal, machine_id: str) -> tuple[int, str]:
@@ -71,11 +86,12 @@ def _one_claim(principal: Principal, machine_id: str) -> tuple[int, str]:
 
 
 def test_a_claim_reads_a_bounded_number_of_pages_under_the_generic_plan(tenant):
+    tenant, max_buffers = tenant
     db.database.execute_sql("SET plan_cache_mode = force_generic_plan")
     try:
         for attempt in range(3):
             buffers, plan = _one_claim(tenant, f"late-{attempt}")
-            assert buffers <= MAX_BUFFERS, plan
+            assert buffers <= max_buffers, plan
     finally:
         db.database.execute_sql("RESET plan_cache_mode")
     # Whatever plan was used, the claims happened: the oldest pending jobs, in order.
