@@ -17,12 +17,14 @@ def _deliveries(principal: Principal, job_id: str) -> list:
     return webhooks.for_job(job_id)
 
 
-@bp.get("/jobs/<job_id:str>/webhooks")
+@bp.get("/jobs/<job_id:uuid>/webhooks")
 @documented("A job's webhook deliveries, oldest first: status, tries, last answer, next retry",
             responses={200: "WebhookDeliveryList"}, errors=(401, 403, 404))
 @allow(*TENANT)
-async def job_webhooks(request: Request, job_id: str):
-    deliveries = await db.run(_deliveries, request.ctx.principal, job_id)
+async def job_webhooks(request: Request, job_id):
+    # A job id is a UUID, as on every other /jobs/<id> route: anything else is 404 before any
+    # database work.
+    deliveries = await db.run(_deliveries, request.ctx.principal, str(job_id))
     return json({"deliveries": [webhooks.to_dict(delivery) for delivery in deliveries]})
 
 

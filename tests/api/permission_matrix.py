@@ -119,7 +119,7 @@ ROWS = [
         "200 404 404 200 404 403 403 403 403 403 401", "a job of project P"),
     Row("GET", "/jobs/<job_id:uuid>/events", "GET /jobs/:id/events", _job_route("/events"),
         "200 404 404 200 404 403 403 403 403 403 401", "a job of project P"),
-    Row("GET", "/jobs/<job_id:str>/webhooks", "GET /jobs/:id/webhooks",
+    Row("GET", "/jobs/<job_id:uuid>/webhooks", "GET /jobs/:id/webhooks",
         _job_route("/webhooks"),
         "200 404 404 200 404 403 403 403 403 403 401", "a job of project P"),
     Row("DELETE", "/jobs/<job_id:uuid>", "DELETE /jobs/:id", _job,

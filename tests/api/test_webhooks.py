@@ -212,7 +212,11 @@ def test_history_and_deliveries_belong_to_their_owner(api, user_key, receiver):
     for path in (f"/jobs/{job_id}/webhooks", f"/jobs/{job_id}/events"):
         assert api.request("GET", path, None, other)[0] == 404
         assert api.request("GET", path, None, "kelpie_not-a-key")[0] == 403
-    assert api.request("GET", "/jobs/no-such-job/webhooks", None, user_key)[0] == 404
+    # Not a job id at all: refused like /jobs/<id> refuses it, with the usual error body.
+    status, body = api.request("GET", "/jobs/no-such-job/webhooks", None, user_key)
+    assert status == 404 and body["error"], body
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert api.request("GET", f"/jobs/{missing}/webhooks", None, user_key)[0] == 404
     # The administrator sees every job's.
     assert api.request("GET", f"/jobs/{job_id}/webhooks", None, api.admin_key)[0] == 200
 
