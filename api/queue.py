@@ -337,11 +337,13 @@ def _claim_pending_pg(principal: Principal, machine_id: str, container_group_id,
     if row[2] is None:
         return None, False
     columns = Job._meta.columns
-    values = {}
-    for description, value in zip(cursor.description[2:], row[2:], strict=True):
-        field = columns[description.name]
-        values[field.name] = field.python_value(value)
-    return Job(**values), False
+    job = Job(__no_default__=True)
+    # The row as a query would load it: values straight into the model's data, none of them
+    # marked changed. Assigning each field through its descriptor (`Job(**values)`) cost a
+    # fifth of the API's CPU per claim.
+    job.__data__ = {columns[description.name].name: columns[description.name].python_value(value)
+                    for description, value in zip(cursor.description[2:], row[2:], strict=True)}
+    return job, False
 
 
 def _timed_out(job: Job, now) -> bool:
