@@ -49,7 +49,7 @@ READ_CHUNK = 1024 * 1024
 # not yet backed by the host, so copying into them cost 2.5-4 s of system time per GiB
 # (perf: copy_folio_from_iter_atomic 60-70 %, plus 16 writers spinning on the inode lock
 # meanwhile). 32 KiB writes, as s5cmd's, get small folios: 0.6-0.8 s (docs/agent.md,
-# "The 1 GiB download").
+# "The 1 GiB download"). Streamed single GETs (_write_all) write in the same pieces.
 WRITE_PIECE = 32 * 1024
 PARTIAL_SUFFIX = ".kelpie-partial"
 MAX_PARTS = 10000  # S3's limit on parts per multipart upload
@@ -179,12 +179,17 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """os.write until all of `data` is written (a regular file takes it in one call)."""
-    written = os.write(fd, data)
-    if written < len(data):
+    """os.write until all of `data` is written, WRITE_PIECE bytes per call at most (see
+    WRITE_PIECE: the streamed 1 MiB chunks of a single GET meet the same large folios)."""
+    if len(data) <= WRITE_PIECE:
+        written = os.write(fd, data)
+        if written == len(data):
+            return
         view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view):]
+    else:
+        view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:WRITE_PIECE]):]
 
 
 # S3 error codes that mean "busy, ask again", whatever their HTTP status.

@@ -580,3 +580,28 @@ def test_ranged_download_writes_every_byte_once_in_small_pieces(serial_storage, 
     serial_storage.download_rule(SyncRule(bucket, "pw/", tmp_path / "down"))
     assert (tmp_path / "down" / "big.bin").read_bytes() == body
     assert sizes and max(sizes) <= WRITE_PIECE
+
+
+@pytest.mark.parametrize("size", [0, 100, 32 * 1024, 2 * 32 * 1024 + 5, 1024 * 1024])
+def test_write_all_writes_in_pieces_and_finishes_short_writes(tmp_path, monkeypatch, size):
+    """A streamed chunk goes out WRITE_PIECE bytes per write at most (a body up to one piece
+    in one call), every short write continued."""
+    from agent.storage import WRITE_PIECE, _write_all
+
+    data = os.urandom(size)
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, piece):
+        calls.append(len(piece))
+        return real_write(fd, bytes(piece)[:max(1, len(piece) - 7)])  # 7 bytes short
+
+    monkeypatch.setattr(os, "write", short_write)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert all(0 < n <= WRITE_PIECE for n in calls) or size == 0
+    assert calls[0] == min(size, WRITE_PIECE)
