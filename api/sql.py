@@ -58,22 +58,25 @@ _CLAIM_CANDIDATE = {
 # and timeouts stay in Python, api/queue.py), and says so; it also says whether the caller's key
 # still exists, so "no work" and "key revoked" need no second read.
 _CLAIM_PENDING_PG = (
-    "WITH stale AS (SELECT 1 FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
-    " AND j.status = " + _RUNNING_SQL + " AND j.lease_expires < %s::timestamp"
-    " AND " + _NOT_BANNED.format(p="%s::text") + " ORDER BY j.lease_expires LIMIT 1),"
-    " candidate AS (SELECT j.id FROM jobs j WHERE j.user_id = %s::text{project} AND {group}"
-    " AND j.status = " + _PENDING_SQL + "{key} AND " + _NOT_BANNED.format(p="%s::text")
+    "WITH key AS (SELECT {key_ok} AS ok),"
+    " stale AS (SELECT 1 FROM jobs j WHERE j.user_id = %(user)s::text{project} AND {group}"
+    " AND j.status = " + _RUNNING_SQL + " AND j.lease_expires < %(now)s::timestamp"
+    " AND " + _NOT_BANNED.format(p="%(machine)s::text") + " ORDER BY j.lease_expires LIMIT 1),"
+    " candidate AS (SELECT j.id FROM jobs j WHERE j.user_id = %(user)s::text{project} AND {group}"
+    " AND j.status = " + _PENDING_SQL + " AND (SELECT ok FROM key)"
+    " AND " + _NOT_BANNED.format(p="%(machine)s::text")
     + " AND NOT EXISTS (SELECT 1 FROM stale)"
     " ORDER BY " + _CLAIM_ORDER["postgresql"] + " LIMIT 1 FOR UPDATE SKIP LOCKED),"
     " assigned AS (UPDATE jobs j SET status = '" + _CLAIM.target + "',"
-    " machine_id = %s::text, started = %s::timestamp,"
-    " heartbeat = %s::timestamp, lease_expires = %s::timestamp + {lease} * interval '1 second',"
+    " machine_id = %(machine)s::text, started = %(now)s::timestamp,"
+    " heartbeat = %(now)s::timestamp,"
+    " lease_expires = %(now)s::timestamp + {lease} * interval '1 second',"
     " num_attempts = j.num_attempts + 1"
     " FROM candidate c WHERE j.id = c.id RETURNING j.*),"
     " event AS (INSERT INTO job_events (job_id, at, kind, status, machine_id, attempt, actor)"
-    " SELECT a.id, %s::timestamp, '" + _CLAIM.event + "', '" + _CLAIM.target + "',"
+    " SELECT a.id, %(now)s::timestamp, '" + _CLAIM.event + "', '" + _CLAIM.target + "',"
     " a.machine_id, a.num_attempts,"
-    " %s::text FROM assigned a),"
+    " %(actor)s::text FROM assigned a),"
     " outbox AS (INSERT INTO webhook_deliveries (job_id, user_id, url, job_status, body, status,"
     " created, next_attempt, attempts)"
     " SELECT a.id, a.user_id, a.webhook, '" + _CLAIM.target + "',"
@@ -81,14 +84,18 @@ _CLAIM_PENDING_PG = (
     " '{{\"status\":\"" + _CLAIM.target + "\",\"job_id\":' || to_json(a.id)::text"
     " || ',\"machine_id\":' || to_json(a.machine_id)::text"
     " || ',\"container_group_id\":' || COALESCE(to_json(a.container_group_id)::text, 'null')"
-    " || ',\"attempt\":' || a.num_attempts || ',\"timestamp\":' || to_json(%s::text)::text"
+    " || ',\"attempt\":' || a.num_attempts"
+    " || ',\"timestamp\":' || to_json(%(stamp)s::text)::text"
     " || ',\"num_failures\":' || a.num_failures"
     " || ',\"num_interruptions\":' || a.num_interruptions || ',\"reason\":null}}',"
-    " 'pending', %s::timestamp, %s::timestamp, 0 FROM assigned a"
+    " 'pending', %(now)s::timestamp, %(now)s::timestamp, 0 FROM assigned a"
     " WHERE a.webhook IS NOT NULL AND a.webhook <> '')"
-    " SELECT EXISTS (SELECT 1 FROM stale) AS stale, {key_ok} AS key_ok, a.*"
+    " SELECT EXISTS (SELECT 1 FROM stale) AS stale, (SELECT ok FROM key) AS key_ok, a.*"
     " FROM (SELECT 1) one LEFT JOIN assigned a ON true"
 )
+# Its parameters by name, each sent once however often the text uses it (`now` appears nine
+# times): the order they are numbered in ($1, $2, ...) when present in a variant.
+_CLAIM_PARAMETERS = ("user", "project", "group", "now", "machine", "key", "actor", "stamp")
 
 # Sent before a heartbeat's statement on PostgreSQL, in the same round trip and so the same
 # implicit transaction: it acknowledges the heartbeat without waiting for its WAL flush. A
@@ -160,35 +167,31 @@ def claim_pending_pg(user_id: str, machine_id: str, container_group_id, now, *, 
                      timestamp: str, project: str | None = None, key_hash: str | None = None):
     """(sql, params) of `_CLAIM_PENDING_PG`: one row (stale, key_ok, then the assigned job's
     columns, all NULL when nothing was assigned)."""
-    owner = [user_id] if project is None else [user_id, project]
-    group = [] if container_group_id is None else [container_group_id]
-    key = [] if key_hash is None else [key_hash, now]
-    statement = _claim_pending_pg_text(project is not None, container_group_id is not None,
-                                       key_hash is not None,
-                                       lease.sql_seconds("postgresql", "j.heartbeat_interval"))
-    params = ([*owner, *group, now, machine_id]
-              + [*owner, *group, *key, machine_id]
-              + [machine_id, now, now, now]
-              + [now, actor]
-              + [timestamp, now, now]
-              + key)
-    return statement, params
+    statement, names = _claim_pending_pg_text(
+        project is not None, container_group_id is not None, key_hash is not None,
+        lease.sql_seconds("postgresql", "j.heartbeat_interval"))
+    values = {"user": user_id, "project": project, "group": container_group_id, "now": now,
+              "machine": machine_id, "key": key_hash, "actor": actor, "stamp": timestamp}
+    return statement, [values[name] for name in names]
 
 
 @functools.cache
-def _claim_pending_pg_text(project: bool, group: bool, key: bool, lease_sql: str) -> str:
-    """The text of `_CLAIM_PENDING_PG` for one variant, built once: it runs on every poll, and
-    formatting 2 KB of SQL cost the caller more CPU than PostgreSQL spends executing it."""
-    group_sql = "j.container_group_id = %s::text" if group else "j.container_group_id IS NULL"
-    project_sql = " AND j.project = %s::text" if project else ""
-    key_sql = ""
-    if key:
-        key_sql = _key_exists("%s", "", None)[0].replace(
-            "k.key_hash = %s", "k.key_hash = %s::text").replace(
-            "k.expires > %s", "k.expires > %s::timestamp")
-    key_ok = key_sql[len(" AND "):] if key else "true"
-    return _CLAIM_PENDING_PG.format(project=project_sql, group=group_sql, key=key_sql,
-                                    key_ok=key_ok, lease=lease_sql)
+def _claim_pending_pg_text(project: bool, group: bool, key: bool,
+                           lease_sql: str) -> tuple[str, tuple[str, ...]]:
+    """The text of `_CLAIM_PENDING_PG` for one variant with its parameters numbered ($1, $2,
+    ...), and their names in that order. Built once: it runs on every poll, and formatting
+    2 KB of SQL cost the caller more CPU than PostgreSQL spends executing it."""
+    group_sql = ("j.container_group_id = %(group)s::text" if group
+                 else "j.container_group_id IS NULL")
+    project_sql = " AND j.project = %(project)s::text" if project else ""
+    key_ok = ("EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = %(key)s::text"
+              " AND (k.expires IS NULL OR k.expires > %(now)s::timestamp))" if key else "true")
+    statement = _CLAIM_PENDING_PG.format(project=project_sql, group=group_sql, key_ok=key_ok,
+                                         lease=lease_sql)
+    names = tuple(name for name in _CLAIM_PARAMETERS if f"%({name})s" in statement)
+    for number, name in enumerate(names, start=1):
+        statement = statement.replace(f"%({name})s", f"${number}")
+    return statement, names
 
 
 @functools.lru_cache(maxsize=256)

@@ -286,7 +286,8 @@ class Listener:
 
 def _claimable_groups(keys: list[str], now, include_pending: bool) -> list[str]:
     """Of the groups `keys`, those with a running job whose lease ran out (and, when asked,
-    a pending job). One indexed query (jobs_lease: status, lease_expires)."""
+    a pending job). One indexed query (jobs_stale on PostgreSQL: running jobs by group and
+    lease; jobs_lease on SQLite)."""
     groups = [key for key in keys if key != NO_GROUP]
     found = set()
     p = "%s" if db.is_postgres() else "?"

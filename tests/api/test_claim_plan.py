@@ -26,8 +26,8 @@ OTHERS_LOST = 500
 # (35 to 43 measured). The walks this guards against read a page per job skipped or per few:
 # every job claimed before (413 pages measured), every lost lease of every tenant (124).
 # Statistics taken during the burst say no job is running, and then PostgreSQL may check for
-# lost leases with `jobs_lease` rather than `jobs_stale` (both look like one row to it): that
-# walk is bounded by the leases lost at that moment, not by the tenant's history (150 pages).
+# lost leases with another index than `jobs_stale` (all look like one row to it): that walk is
+# bounded by the jobs running at that moment, not by the tenant's history.
 MAX_BUFFERS = {"analyzed-after-claims": 100, "analyzed-during-burst": 200}
 
 
