@@ -35,6 +35,16 @@ class BaseModel(Model):
         database = database
         legacy_table_names = False
 
+    @classmethod
+    def holding(cls, data: dict):
+        """An instance holding `data` (field name -> Python value) as a query loads a row: as
+        stored, nothing marked changed. `Model(**data)` assigns each value through its
+        field's descriptor and marks it changed, which for the 40 fields of a job cost a fifth
+        of the API's CPU per claim and of a 1,000-job batch."""
+        instance = cls(__no_default__=True)
+        instance.__data__ = data
+        return instance
+
 
 class User(BaseModel):
     id = CharField(primary_key=True)
