@@ -66,12 +66,17 @@ def _make_data(root: Path) -> tuple[Path, Path]:
         (small / f"file-{i:04d}.bin").write_bytes(os.urandom(SMALL_SIZE))
     big = root / "big"
     big.mkdir()
+    write_big_file(big / "big.bin", BIG_MB)
+    return small, big
+
+
+def write_big_file(path: Path, megabytes: int) -> None:
+    """`megabytes` (a multiple of 16) of random bytes, written 16 MiB at a time."""
     block = os.urandom(16 * 1024 * 1024)
-    with open(big / "big.bin", "wb") as f:
-        for i in range(BIG_MB // 16):
+    with open(path, "wb") as f:
+        for i in range(megabytes // 16):
             # Vary each block a little so no layer can deduplicate it.
             f.write(i.to_bytes(8, "little") + block[8:])
-    return small, big
 
 
 def _agent_env(store) -> dict[str, str]:

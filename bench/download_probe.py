@@ -50,7 +50,7 @@ def _line(name: str, numbers: dict) -> str:
 
 
 def run(rounds: int) -> None:
-    from bench.bench_storage import AgentSync, S5cmd, _bench_tools
+    from bench.bench_storage import AgentSync, S5cmd, _bench_tools, write_big_file
     from tests.support.seaweed import SeaweedFS
 
     s5cmd_bin, _ = _bench_tools()
@@ -62,10 +62,7 @@ def run(rounds: int) -> None:
         store.start()
         source = scratch / "big"
         source.mkdir()
-        block = os.urandom(16 * 1024 * 1024)
-        with open(source / "big.bin", "wb") as f:
-            for i in range(BIG_MB // 16):
-                f.write(i.to_bytes(8, "little") + block[8:])
+        write_big_file(source / "big.bin", BIG_MB)
         agent, s5cmd = AgentSync(store), S5cmd(s5cmd_bin, store)
         store.client().create_bucket(Bucket="probe")
         os.sync()
