@@ -337,10 +337,9 @@ def _claim_pending_pg(principal: Principal, machine_id: str, container_group_id,
         raise Forbidden("invalid X-Kelpie-Key")
     if row[2] is None:
         return None, False
-    columns = Job._meta.columns
-    return Job.holding({
-        columns[description.name].name: columns[description.name].python_value(value)
-        for description, value in zip(cursor.description[2:], row[2:], strict=True)}), False
+    fields = [Job._meta.columns[description.name] for description in cursor.description[2:]]
+    return Job.holding({field.name: field.python_value(value)
+                        for field, value in zip(fields, row[2:], strict=True)}), False
 
 
 def _timed_out(job: Job, now) -> bool:

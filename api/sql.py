@@ -131,14 +131,20 @@ def _placeholder(dialect: str) -> str:
     return "%s" if dialect == "postgresql" else "?"
 
 
+def _key_valid(key_hash: str, now: str) -> str:
+    """The condition that the caller's Kelpie key still exists and has not expired, given the
+    placeholders of its hash and of the time, checked in the hot statement itself: callers may
+    then authenticate from a per-process cache and a revoked key still stops at once
+    (api/auth.py)."""
+    return (f"EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = {key_hash}"
+            f" AND (k.expires IS NULL OR k.expires > {now}))")
+
+
 def _key_exists(p: str, key_hash: str | None, now) -> tuple[str, list]:
-    """The condition that the caller's Kelpie key still exists and has not expired, checked in
-    the hot statement itself: callers may then authenticate from a per-process cache and a
-    revoked key still stops at once (api/auth.py). Empty for other credentials."""
+    """`_key_valid` as a further condition with its parameters; empty for other credentials."""
     if key_hash is None:
         return "", []
-    return (f" AND EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = {p}"
-            f" AND (k.expires IS NULL OR k.expires > {p}))"), [key_hash, now]
+    return f" AND {_key_valid(p, p)}", [key_hash, now]
 
 
 def claim_candidate(dialect: str, user_id: str, machine_id: str, container_group_id, now,
@@ -184,8 +190,7 @@ def _claim_pending_pg_text(project: bool, group: bool, key: bool,
     group_sql = ("j.container_group_id = %(group)s::text" if group
                  else "j.container_group_id IS NULL")
     project_sql = " AND j.project = %(project)s::text" if project else ""
-    key_ok = ("EXISTS (SELECT 1 FROM api_keys k WHERE k.key_hash = %(key)s::text"
-              " AND (k.expires IS NULL OR k.expires > %(now)s::timestamp))" if key else "true")
+    key_ok = _key_valid("%(key)s::text", "%(now)s::timestamp") if key else "true"
     statement = _CLAIM_PENDING_PG.format(project=project_sql, group=group_sql, key_ok=key_ok,
                                          lease=lease_sql)
     names = tuple(name for name in _CLAIM_PARAMETERS if f"%({name})s" in statement)
@@ -196,7 +201,8 @@ def _claim_pending_pg_text(project: bool, group: bool, key: bool,
 
 @functools.lru_cache(maxsize=256)
 def prepared(statement: str) -> tuple[str, str]:
-    """(name, PREPARE text) for a PostgreSQL statement written with %s placeholders. The name
+    """(name, PREPARE text) for a PostgreSQL statement written with %s placeholders, numbered
+    here in order (a statement numbered already, as the claim is, passes as it is). The name
     follows from the text, so a connection prepares each variant once, and every process (and
     the benchmark's bare loop) names it alike."""
     name = "kelpie_" + hashlib.sha1(statement.encode()).hexdigest()[:16]
